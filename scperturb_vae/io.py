@@ -1,0 +1,120 @@
+"""Atomic outputs: a result appears under its final name complete, or not at all.
+
+Files are written to a temporary sibling and moved into place with :func:`os.replace`;
+run folders are built in a temporary sibling folder and renamed.  An existing output is
+refused unless ``overwrite`` is given, and then it is only removed after the new one is
+complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import OutputError
+
+__all__ = ["check_output", "atomic_path", "atomic_dir", "write_json"]
+
+
+def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
+    """Refuse an existing output (unless ``overwrite``) and check that it could be written.
+
+    Nothing is created: the nearest existing ancestor folder must be a writable folder (the
+    missing ones are made when the output is written).
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path} exists already; pass --overwrite to replace it")
+    ancestor = path.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"cannot write {path}: {ancestor} is a file, not an output folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {path}: no permission to write in the output folder {ancestor}")
+    return path
+
+
+def _make_parent(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot create the output folder {path.parent}: {err.strerror or err}") from None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary file path beside ``path``; move it onto ``path`` when the block succeeds."""
+    path = check_output(path, overwrite)
+    _make_parent(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs follow the umask
+    try:
+        yield tmp
+        if path.exists() and not overwrite:  # appeared meanwhile
+            raise OutputError(f"{path} exists already; pass --overwrite to replace it")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; rename it to ``path`` when the block succeeds.
+
+    On any error (or Ctrl-C) the temporary folder is removed and an existing ``path`` is
+    left untouched.
+    """
+    path = check_output(path, overwrite)
+    _make_parent(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+    old = None
+    try:
+        yield tmp
+        if path.exists():
+            if not overwrite:
+                raise OutputError(f"{path} exists already; pass --overwrite to replace it")
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / path.name)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json(data: Any, path: str | os.PathLike) -> None:
+    """Write JSON (sorted keys, indented) atomically."""
+    with atomic_path(path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any):
+    try:
+        import numpy as np
+
+        if isinstance(obj, np.generic):
+            return obj.item()
+        if isinstance(obj, np.ndarray):
+            return obj.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
