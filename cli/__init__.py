@@ -1,0 +1,1 @@
+"""The ``scvae`` command-line program (installed as the ``scvae_cli`` package)."""

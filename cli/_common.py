@@ -1,0 +1,108 @@
+"""What every command shares: option types, logging to stderr, one-line user errors."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+# ---------------------------------------------------------------- shared options
+AdataOpt = Annotated[
+    Path,
+    typer.Option(
+        "--adata",
+        help="Input .h5ad with raw counts (read only; never written).",
+        show_default=False,
+    ),
+]
+PerturbationKeyOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--perturbation-key",
+        "-p",
+        help="obs column with one perturbation label per cell [default: detected among "
+        "perturbation, gene, target_gene, ...].",
+        show_default=False,
+    ),
+]
+ControlOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--control",
+        "-c",
+        help="Label of control cells [default: detected among non-targeting, control, ctrl, NT, ...].",
+        show_default=False,
+    ),
+]
+LayerOpt = Annotated[
+    Optional[str],
+    typer.Option("--layer", help="Layer holding the raw counts [default: X].", show_default=False),
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; it fixes every number.")]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="Replace an existing output (only once the new one is complete).")
+]
+
+
+# ---------------------------------------------------------------- logging and errors
+class _StderrHandler(logging.StreamHandler):
+    """A handler that writes to the *current* ``sys.stderr`` (which tests and notebooks swap)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ assigns it; ignore
+        pass
+
+
+def setup_logging(verbose: bool = True) -> None:
+    """Send the toolkit's log lines to stderr (results go to stdout or files)."""
+    logger = logging.getLogger("scperturb_vae")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    logger.propagate = False
+
+
+def _debug_enabled(ctx: typer.Context | None) -> bool:
+    return bool(ctx is not None and (ctx.find_root().obj or {}).get("debug"))
+
+
+@contextlib.contextmanager
+def user_errors(ctx: typer.Context | None = None):
+    """Turn a user's mistake into one line on stderr and the error's exit code.
+
+    Errors of type :class:`scperturb_vae.errors.ScvaeError` print ``error: <message>``;
+    Ctrl-C prints ``interrupted`` and exits 130.  With ``scvae --debug`` the traceback is
+    shown instead.
+    """
+    from scperturb_vae.errors import ScvaeError
+
+    try:
+        yield
+    except ScvaeError as err:
+        if _debug_enabled(ctx):
+            raise
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(err.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+
+
+def quiet_third_party_warnings() -> None:
+    """Hide known, harmless warnings of Lightning / scvi-tools in command output."""
+    import warnings
+
+    for module in ("lightning", "pytorch_lightning", "lightning_fabric", "scvi", "anndata", "torch"):
+        warnings.filterwarnings("ignore", module=module)
+    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)

@@ -1,0 +1,59 @@
+"""``scvae``: identifiable latent models of single-cell perturbation screens.
+
+Heavy libraries (torch, scvi-tools) are imported inside the commands, so ``scvae --help``
+answers at once.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from . import simulate as _simulate
+from . import train as _train
+
+app = typer.Typer(
+    name="scvae",
+    help="Identifiable latent models (sVAE+, iVAE, sVAE, VAE) of single-cell perturbation screens.\n\n"
+    "Exit codes: 0 success, 1 internal error (a bug), 2 bad usage or bad input, "
+    "3 output exists or cannot be written, 130 interrupted.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"scvae {version('scperturb-vae')}")
+        except PackageNotFoundError:  # pragma: no cover
+            typer.echo("scvae (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    ctx.obj = {"debug": debug}
+
+
+app.command("simulate")(_simulate.simulate)
+app.command("train")(_train.train)
+
+
+def main() -> None:  # console-script entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

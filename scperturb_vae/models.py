@@ -1,0 +1,481 @@
+"""The user's model classes: ``SVAEPlus``, ``SVAE``, ``IVAE`` and ``VAE``.
+
+All four are scvi-tools models over the same :class:`~scperturb_vae.module.PerturbationVAEModule`
+and differ only in the prior object they build.  They share one ``setup_anndata``
+(written once, in :class:`PerturbationModelBase`):
+
+>>> import scperturb_vae as sv
+>>> sv.SVAEPlus.setup_anndata(adata, perturbation_key="gene", control_label="non-targeting")
+>>> model = sv.SVAEPlus(adata, n_latent=15)
+>>> model.train(max_epochs=100)
+>>> adata.obsm["X_svae"] = model.get_latent_representation()
+>>> graph = model.get_intervention_graph()   # perturbations x latents, in [0, 1]
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
+from scvi.data.fields import CategoricalObsField, LayerField
+from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin, VAEMixin
+from scvi.utils import setup_anndata_dsp
+
+from .data import COMBINATION_SEP, split_combination, validate_perturbation_adata
+from .module import PerturbationVAEModule
+from .priors import ConditionalGaussianPrior, Prior, SparseShiftPrior, StandardNormalPrior
+from .training import PerturbationTrainingPlan
+
+logger = logging.getLogger("scperturb_vae")
+
+__all__ = ["PerturbationModelBase", "SVAEPlus", "SVAE", "IVAE", "VAE", "default_kl_warmup"]
+
+
+def default_kl_warmup(max_epochs: int) -> int:
+    """KL warm-up suited to short runs: a quarter of the epochs, between 1 and 50.
+
+    scvi-tools' default of 400 epochs would leave a 100-epoch run at a KL weight of 0.25,
+    so the prior (and with it the graph) would hardly be fitted.
+    """
+    return int(min(50, max(1, round(0.25 * max_epochs))))
+
+
+def latent_names(n_latent: int) -> list[str]:
+    width = max(2, len(str(n_latent - 1)))
+    return [f"latent{i:0{width}d}" for i in range(n_latent)]
+
+
+class PerturbationModelBase(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
+    """Shared machinery of the perturbation-prior models (not used directly).
+
+    Subclasses implement :meth:`_make_prior` and an ``__init__`` that lists their own
+    hyperparameters and calls :meth:`_build`.
+    """
+
+    _module_cls = PerturbationVAEModule
+    _training_plan_cls = PerturbationTrainingPlan
+    #: default key of the latent representation in ``adata.obsm``
+    obsm_key: str = "X_svae"
+
+    # --------------------------------------------------------------- setup
+    @classmethod
+    @setup_anndata_dsp.dedent
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        perturbation_key: str | None = None,
+        control_label: str | None = None,
+        layer: str | None = None,
+        batch_key: str | None = None,
+        min_cells: int = 20,
+        **kwargs,
+    ):
+        """Register a perturbation screen.
+
+        The data are validated first (raw counts, the perturbation column, the control
+        label; see :func:`scperturb_vae.data.validate_perturbation_adata`).  Labels written
+        ``A+B`` are a cell with two perturbations.  The detected perturbation column and
+        control label are recorded in the registry, so saved models reload with them.
+
+        Parameters
+        ----------
+        %(param_adata)s
+        perturbation_key
+            Column of ``adata.obs`` with one perturbation label per cell.  Detected among
+            common names (``perturbation``, ``gene``, ...) when not given.
+        control_label
+            The label of control cells (e.g. ``non-targeting``).  Detected among common
+            spellings when not given.
+        %(param_layer)s
+        %(param_batch_key)s
+        min_cells
+            Perturbations with fewer cells are reported (not removed).
+        """
+        info = validate_perturbation_adata(
+            adata,
+            perturbation_key=perturbation_key,
+            control_label=control_label,
+            layer=layer,
+            min_cells=min_cells,
+        )
+        perturbation_key = info.perturbation_key
+        control_label = info.control_label
+        setup_method_args = cls._get_setup_method_args(**locals())
+        setup_method_args["setup_args"].pop("info", None)
+        fields = [
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
+            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
+            CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, perturbation_key),
+        ]
+        manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        manager.register_fields(adata, **kwargs)
+        cls.register_manager(manager)
+
+    # --------------------------------------------------------------- construction
+    def _perturbation_table(self) -> tuple[list[str], torch.Tensor]:
+        """Single perturbations and the ``(n_labels, k)`` code -> perturbation index table."""
+        control = self.control_label
+        labels = [str(c) for c in self.get_state_registry(REGISTRY_KEYS.LABELS_KEY).categorical_mapping]
+        parts = [[] if lab == control else split_combination(lab, COMBINATION_SEP) for lab in labels]
+        perturbations = sorted({p for ps in parts for p in ps})
+        index = {p: i for i, p in enumerate(perturbations)}
+        k = max(1, max(len(ps) for ps in parts))
+        table = torch.full((len(labels), k), -1, dtype=torch.long)
+        for row, ps in enumerate(parts):
+            for col, p in enumerate(ps):
+                table[row, col] = index[p]
+        return perturbations, table
+
+    def _build(self, prior: Prior, *, n_latent, n_hidden, n_layers, dropout_rate, likelihood,
+               encode_perturbation, beta=1.0, tc_beta=None) -> None:
+        n_batch = self.summary_stats.n_batch
+        self.module = self._module_cls(
+            n_input=self.summary_stats.n_vars,
+            label_perturbations=self._label_table,
+            prior=prior,
+            n_batch=n_batch,
+            n_latent=n_latent,
+            n_hidden=n_hidden,
+            n_layers=n_layers,
+            dropout_rate=dropout_rate,
+            likelihood=likelihood,
+            encode_perturbation=encode_perturbation,
+            beta=beta,
+            tc_beta=tc_beta,
+        )
+        self.latent_names = latent_names(n_latent)
+
+    def _init_base(self, adata: AnnData | None) -> int:
+        super().__init__(adata)
+        self.perturbations, self._label_table = self._perturbation_table()
+        return len(self.perturbations)
+
+    # --------------------------------------------------------------- properties
+    @property
+    def perturbation_key(self) -> str:
+        return self.adata_manager.registry["setup_args"]["perturbation_key"]
+
+    @property
+    def control_label(self) -> str:
+        return self.adata_manager.registry["setup_args"]["control_label"]
+
+    # --------------------------------------------------------------- training
+    def train(
+        self,
+        max_epochs: int | None = None,
+        *,
+        lr: float = 1e-3,
+        lr_prior: float | None = None,
+        n_epochs_kl_warmup: int | None = None,
+        batch_size: int = 128,
+        plan_kwargs: dict | None = None,
+        **kwargs,
+    ):
+        """Train with scvi-tools' trainer (all its options pass through).
+
+        Parameters
+        ----------
+        max_epochs
+            Number of epochs (scvi-tools' heuristic from the number of cells when None).
+        lr
+            Learning rate of the network.
+        lr_prior
+            Learning rate of the prior parameters (default ``10 * lr``); they have their own
+            Adam group with a small ``eps`` (see :mod:`scperturb_vae.training`).
+        n_epochs_kl_warmup
+            Epochs over which the KL weight rises from 0 to 1 (default
+            :func:`default_kl_warmup`).
+        batch_size
+            Minibatch size.
+        plan_kwargs
+            Further :class:`~scperturb_vae.training.PerturbationTrainingPlan` arguments.
+        **kwargs
+            Passed to :meth:`scvi.model.base.UnsupervisedTrainingMixin.train` (``accelerator``,
+            ``devices``, ``early_stopping``, ``train_size``, Lightning trainer arguments...).
+        """
+        if max_epochs is None:
+            from scvi.model._utils import get_max_epochs_heuristic
+
+            max_epochs = get_max_epochs_heuristic(self.adata.n_obs)
+        plan = {
+            "lr": lr,
+            "lr_prior": lr_prior,
+            "n_epochs_kl_warmup": default_kl_warmup(max_epochs) if n_epochs_kl_warmup is None else n_epochs_kl_warmup,
+        }
+        plan.update(plan_kwargs or {})
+        return super().train(max_epochs=max_epochs, batch_size=batch_size, plan_kwargs=plan, **kwargs)
+
+    # --------------------------------------------------------------- outputs
+    def get_latent_representation(self, adata: AnnData | None = None, **kwargs) -> np.ndarray:
+        """Posterior means (cells x latents); see scvi-tools for the options."""
+        return super().get_latent_representation(adata=adata, **kwargs)
+
+    @torch.inference_mode()
+    def get_marginal_ll(
+        self,
+        adata: AnnData | None = None,
+        indices=None,
+        n_mc_samples: int = 1000,
+        batch_size: int | None = 128,
+        n_mc_samples_per_pass: int = 100,
+        return_mean: bool = False,
+        return_stderr: bool = False,
+    ):
+        """Per-cell importance-sampled ``log p(x | a)`` under the model's own prior.
+
+        Unlike scvi-tools' version (which uses ``N(0, I)`` and averages minibatch means),
+        this returns one value per cell (``return_mean=False``) or their exact mean, and with
+        ``return_stderr`` also each cell's Monte Carlo standard error.
+        """
+        self._check_if_trained(warn=False)
+        adata = self._validate_anndata(adata)
+        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+        self.module.eval()
+        values, errors = [], []
+        for tensors in loader:
+            ll, se = self.module.marginal_ll(
+                tensors,
+                n_mc_samples=n_mc_samples,
+                n_mc_samples_per_pass=n_mc_samples_per_pass,
+                return_stderr=True,
+            )
+            values.append(ll.cpu().numpy())
+            errors.append(se.cpu().numpy())
+        ll = np.concatenate(values)
+        se = np.concatenate(errors)
+        if return_mean:
+            mean = float(ll.mean())
+            return (mean, float(np.sqrt(np.sum(se**2)) / len(se))) if return_stderr else mean
+        return (ll, se) if return_stderr else ll
+
+    def get_intervention_graph(self, adata: AnnData | None = None) -> pd.DataFrame:
+        """Perturbation x latent probabilities that the perturbation moves the latent.
+
+        sVAE+ / sVAE: the mask probabilities ``pi``.  iVAE: ``1 - exp(-KL(p(z_i|a) || N(0,1)))``
+        of its prior.  VAE (no perturbation parameters): the same score computed from the
+        data, ``1 - exp(-d^2 / 2)`` with ``d`` the standardised difference between the mean
+        latent of the perturbation's cells and of the control cells (the KL between two unit
+        Gaussians ``d`` apart); it needs the registered AnnData (or ``adata``).
+        """
+        graph = self.module.prior.intervention_graph()
+        if graph is not None:
+            values = graph.detach().cpu().numpy()[: len(self.perturbations)]
+        else:
+            values = self._posterior_shift_score(adata)
+        return pd.DataFrame(
+            values.astype(np.float64),
+            index=pd.Index(self.perturbations, name="perturbation"),
+            columns=pd.Index(self.latent_names, name="latent"),
+        )
+
+    def _posterior_shift_score(self, adata: AnnData | None) -> np.ndarray:
+        adata = self._validate_anndata(adata)
+        z = self.get_latent_representation(adata)
+        labels = adata.obs[self.perturbation_key].astype(str).to_numpy()
+        control = labels == self.control_label
+        mu0, sd0 = z[control].mean(0), z[control].std(0) + 1e-6
+        index = {p: i for i, p in enumerate(self.perturbations)}
+        sums = np.zeros((len(self.perturbations), z.shape[1]))
+        counts = np.zeros(len(self.perturbations))
+        for lab in np.unique(labels[~control]):
+            rows = labels == lab
+            for p in split_combination(lab, COMBINATION_SEP):
+                sums[index[p]] += z[rows].sum(0)
+                counts[index[p]] += rows.sum()
+        d = (sums / np.maximum(counts, 1)[:, None] - mu0) / sd0
+        return 1.0 - np.exp(-0.5 * d**2)
+
+
+_NETWORK_DOC = """
+    n_latent
+        Number of latent variables.
+    n_hidden, n_layers, dropout_rate
+        Encoder and decoder sizes (as in scVI).
+    likelihood
+        Count likelihood: ``"nb"`` (default), ``"zinb"`` or ``"poisson"``; the observed
+        library size scales the decoded proportions.
+    encode_perturbation
+        Give the encoder the perturbation too: ``q(z | x, a)``."""
+
+
+class SVAEPlus(PerturbationModelBase):
+    __doc__ = f"""sVAE+: the sparse mechanism shift VAE (Lopez et al., CLeaR 2023).
+
+    Prior ``z_i | a ~ gamma_i^a N(mu_i^a, 1) + (1 - gamma_i^a) N(0, 1)`` with
+    ``gamma_i^a ~ Bernoulli(pi_i^a)`` and ``pi_i^a ~ Beta(1, K)``; see
+    :class:`~scperturb_vae.priors.SparseShiftPrior`.
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata`.{_NETWORK_DOC}
+    beta_k
+        ``K`` of the Beta(1, K) prior on the mask probabilities.  ``K = 1`` is flat (the
+        reference implementation's default, which gives no sparsity).  The penalty is a
+        prior on the whole screen: an edge is kept when the cells of its perturbation gain
+        more than about ``K`` nats from it.
+    temperature
+        Gumbel-sigmoid temperature of the relaxed masks.
+    mask_init_logit
+        Initial logit of every mask probability (3.0: ``pi = 0.95``, every edge on at first).
+    """
+
+    def __init__(
+        self,
+        adata: AnnData | None = None,
+        n_latent: int = 10,
+        n_hidden: int = 128,
+        n_layers: int = 1,
+        dropout_rate: float = 0.1,
+        likelihood: Literal["nb", "zinb", "poisson"] = "nb",
+        encode_perturbation: bool = False,
+        beta_k: float = 100.0,
+        temperature: float = 1.0,
+        mask_init_logit: float = 3.0,
+        kl_estimator: Literal["gumbel", "mixture"] = "gumbel",
+    ):
+        n_pert = self._init_base(adata)
+        prior = SparseShiftPrior(
+            n_latent, n_pert, sparsity="beta", beta_k=beta_k, temperature=temperature,
+            mask_init_logit=mask_init_logit, kl_estimator=kl_estimator,
+        )
+        self._build(prior, n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers,
+                    dropout_rate=dropout_rate, likelihood=likelihood,
+                    encode_perturbation=encode_perturbation)
+        self._model_summary_string = (
+            f"sVAE+ with {n_latent} latents, {n_pert} perturbations, K={beta_k}, {likelihood} likelihood"
+        )
+        self.init_params_ = self._get_init_params(locals())
+
+
+class SVAE(PerturbationModelBase):
+    __doc__ = f"""sVAE: the sparse shift prior with a plain L1 penalty on the mask probabilities.
+
+    The ablation of the sVAE+ paper: the same prior as :class:`SVAEPlus` but the Beta(1, K)
+    hyper-prior replaced by ``sparsity_penalty * sum(pi)`` (also divided by the number of
+    cells).
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata`.{_NETWORK_DOC}
+    sparsity_penalty
+        Weight of the L1 penalty on the mask probabilities.
+    temperature
+        Gumbel-sigmoid temperature of the relaxed masks.
+    mask_init_logit
+        Initial logit of every mask probability.
+    """
+
+    def __init__(
+        self,
+        adata: AnnData | None = None,
+        n_latent: int = 10,
+        n_hidden: int = 128,
+        n_layers: int = 1,
+        dropout_rate: float = 0.1,
+        likelihood: Literal["nb", "zinb", "poisson"] = "nb",
+        encode_perturbation: bool = False,
+        sparsity_penalty: float = 100.0,
+        temperature: float = 1.0,
+        mask_init_logit: float = 3.0,
+    ):
+        n_pert = self._init_base(adata)
+        prior = SparseShiftPrior(
+            n_latent, n_pert, sparsity="l1", l1_strength=sparsity_penalty,
+            temperature=temperature, mask_init_logit=mask_init_logit,
+        )
+        self._build(prior, n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers,
+                    dropout_rate=dropout_rate, likelihood=likelihood,
+                    encode_perturbation=encode_perturbation)
+        self._model_summary_string = (
+            f"sVAE with {n_latent} latents, {n_pert} perturbations, L1={sparsity_penalty}, {likelihood} likelihood"
+        )
+        self.init_params_ = self._get_init_params(locals())
+
+
+class IVAE(PerturbationModelBase):
+    __doc__ = f"""iVAE (Khemakhem et al. 2020) with the perturbation as auxiliary variable.
+
+    Prior ``p(z_i | a) = N(m_i^a, exp(l_i^a))`` with free per-perturbation log-variances
+    (always modulated: identifiability needs them) and means; see
+    :class:`~scperturb_vae.priors.ConditionalGaussianPrior`.
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata`.{_NETWORK_DOC}
+    modulate_mean
+        Also learn per-perturbation means (the reference iVAE code learns only variances).
+    """
+
+    def __init__(
+        self,
+        adata: AnnData | None = None,
+        n_latent: int = 10,
+        n_hidden: int = 128,
+        n_layers: int = 1,
+        dropout_rate: float = 0.1,
+        likelihood: Literal["nb", "zinb", "poisson"] = "nb",
+        encode_perturbation: bool = False,
+        modulate_mean: bool = True,
+    ):
+        n_pert = self._init_base(adata)
+        prior = ConditionalGaussianPrior(n_latent, n_pert, modulate_mean=modulate_mean)
+        self._build(prior, n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers,
+                    dropout_rate=dropout_rate, likelihood=likelihood,
+                    encode_perturbation=encode_perturbation)
+        self._model_summary_string = f"iVAE with {n_latent} latents, {n_pert} perturbations, {likelihood} likelihood"
+        self.init_params_ = self._get_init_params(locals())
+
+
+class VAE(PerturbationModelBase):
+    __doc__ = f"""The plain VAE baseline (scVI-like, prior ``N(0, I)``), with beta-VAE and beta-TCVAE.
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata`.{_NETWORK_DOC}
+    beta
+        Weight of the KL term (beta-VAE; 1 is the plain VAE).
+    tc_beta
+        When set, the beta-TCVAE objective: the KL is split into index-code mutual
+        information, total correlation and dimension-wise KL (minibatch-weighted sampling),
+        and only the total correlation is weighted, by ``tc_beta``.
+    """
+
+    def __init__(
+        self,
+        adata: AnnData | None = None,
+        n_latent: int = 10,
+        n_hidden: int = 128,
+        n_layers: int = 1,
+        dropout_rate: float = 0.1,
+        likelihood: Literal["nb", "zinb", "poisson"] = "nb",
+        encode_perturbation: bool = False,
+        beta: float = 1.0,
+        tc_beta: float | None = None,
+    ):
+        n_pert = self._init_base(adata)
+        prior = StandardNormalPrior(n_latent, n_pert)
+        self._build(prior, n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers,
+                    dropout_rate=dropout_rate, likelihood=likelihood,
+                    encode_perturbation=encode_perturbation, beta=beta, tc_beta=tc_beta)
+        kind = "beta-TCVAE" if tc_beta is not None else ("beta-VAE" if beta != 1 else "VAE")
+        self._model_summary_string = f"{kind} with {n_latent} latents, {likelihood} likelihood"
+        self.init_params_ = self._get_init_params(locals())
+
+
+#: CLI / config names of the models
+MODELS: dict[str, type[PerturbationModelBase]] = {
+    "svae+": SVAEPlus,
+    "svae": SVAE,
+    "ivae": IVAE,
+    "vae": VAE,
+}

@@ -1,0 +1,286 @@
+"""A training run: open and validate the data, train a model, write the run folder.
+
+This is what ``scvae train`` does, as a library function (:func:`train_run`) so notebooks
+and other commands get the same outputs.  The run folder ``runs/NAME/`` holds:
+
+``model/``
+    The scvi-tools model, loadable with ``SVAEPlus.load("runs/NAME/model", adata=adata)``
+    (the class is named in ``run.json``; the AnnData is the input, set up again on load).
+``latent.h5ad``
+    ``X`` = posterior means (cells x latents), ``obs`` copied from the input, ``var_names``
+    the latent names, ``uns["scvae"]`` the intervention graph and the run's settings.
+``intervention_graph.csv``
+    Perturbations (as labelled in the input) x latents, values in [0, 1].
+``history.csv`` and ``loss_curve.png``
+    The training curves, one row per epoch.
+``run.json``
+    Every setting, the versions, the seed, the input's path and SHA-256, the timings and
+    the held-out validation likelihood.
+
+The folder is built under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .data import PerturbationData, open_perturbation_adata
+from .errors import InputError
+from .io import atomic_dir, check_output, write_json
+
+logger = logging.getLogger("scperturb_vae")
+
+__all__ = ["TrainSettings", "TrainResult", "train_run", "MODEL_NAMES"]
+
+MODEL_NAMES = ("svae+", "svae", "ivae", "vae")
+
+
+@dataclass
+class TrainSettings:
+    """Everything ``scvae train`` needs; recorded in ``run.json``."""
+
+    adata: str
+    out: str
+    model: str = "svae+"
+    perturbation_key: str | None = None
+    control: str | None = None
+    layer: str | None = None
+    batch_key: str | None = None
+    n_latent: int = 10
+    max_epochs: int | None = None
+    batch_size: int = 128
+    lr: float = 1e-3
+    likelihood: str = "nb"
+    seed: int = 0
+    min_cells: int = 20
+    accelerator: str = "auto"
+    devices: str = "auto"
+    overwrite: bool = False
+    #: validation cells (at most) for the importance-sampled likelihood in run.json; 0 skips it
+    ll_cells: int = 1000
+    ll_samples: int = 100
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.model not in MODEL_NAMES:
+            raise InputError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_NAMES)}")
+        if self.likelihood not in ("nb", "zinb", "poisson"):
+            raise InputError(f"unknown likelihood {self.likelihood!r}; choose nb, zinb or poisson")
+        if self.n_latent < 1:
+            raise InputError(f"--n-latent must be at least 1, not {self.n_latent}")
+        if self.max_epochs is not None and self.max_epochs < 1:
+            raise InputError(f"--max-epochs must be at least 1, not {self.max_epochs}")
+        if self.ll_cells < 0 or self.ll_samples < 1:
+            raise InputError("--ll-cells must be >= 0 and the number of importance samples >= 1")
+        if self.batch_size < 2:
+            raise InputError(f"--batch-size must be at least 2, not {self.batch_size}")
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    model: Any
+    data: PerturbationData
+    summary: dict[str, Any]
+
+
+def _devices(value: str) -> int | str:
+    return int(value) if str(value).isdigit() else value
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("scperturb-vae", "scvi-tools", "torch", "lightning", "anndata", "numpy", "scipy", "pandas"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _history_frame(history: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    frames = [df for df in history.values() if isinstance(df, pd.DataFrame) and len(df)]
+    if not frames:
+        return pd.DataFrame(index=pd.Index([], name="epoch"))
+    hist = pd.concat(frames, axis=1)
+    hist.index.name = "epoch"
+    return hist
+
+
+def _plot_history(hist: pd.DataFrame, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("negative ELBO per cell", ["elbo_train", "elbo_validation"]),
+        ("reconstruction loss", ["reconstruction_loss_train", "reconstruction_loss_validation"]),
+        ("KL (local)", ["kl_local_train", "kl_local_validation"]),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+    for ax, (label, cols) in zip(axes, panels):
+        for col in cols:
+            if col in hist:
+                ax.plot(hist.index, hist[col], label=col.rsplit("_", 1)[-1])
+        ax.set_xlabel("epoch")
+        ax.set_title(label)
+        ax.legend(frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _graph_summary(graph: pd.DataFrame) -> dict[str, Any]:
+    v = graph.to_numpy()
+    return {
+        "n_perturbations": int(v.shape[0]),
+        "n_latent": int(v.shape[1]),
+        "edges_above_0.5": int((v > 0.5).sum()),
+        "fraction_below_0.05": float((v < 0.05).mean()),
+        "mean_probability": float(v.mean()),
+    }
+
+
+def _validation_likelihood(model, settings: TrainSettings) -> dict[str, Any] | None:
+    """Importance-sampled NLL per cell on (a sample of) the cells held out from training."""
+    if settings.ll_cells == 0:
+        return None
+    val_idx = getattr(model, "validation_indices", None)
+    if val_idx is None or len(val_idx) == 0:
+        val_idx = np.arange(model.adata.n_obs)
+    rng = np.random.default_rng(settings.seed)
+    idx = np.sort(rng.choice(val_idx, size=min(settings.ll_cells, len(val_idx)), replace=False))
+    ll, se = model.get_marginal_ll(indices=idx, n_mc_samples=settings.ll_samples, return_stderr=True)
+    return {
+        "n_cells": int(len(idx)),
+        "n_importance_samples": settings.ll_samples,
+        "nll_mean": float(-ll.mean()),
+        "nll_stderr_mc": float(np.sqrt(np.sum(se**2)) / len(se)),
+    }
+
+
+def _fit(settings: TrainSettings, data: PerturbationData, progress_bar: bool):
+    """Set up, train and summarise one model (no files written)."""
+    import scvi
+    import torch
+
+    from .models import MODELS
+
+    adata = data.adata
+    scvi.settings.seed = settings.seed
+    cls = MODELS[settings.model]
+    cls.setup_anndata(
+        adata,
+        perturbation_key=data.perturbation_key,
+        control_label=data.control_label,
+        layer=settings.layer,
+        batch_key=settings.batch_key,
+        min_cells=settings.min_cells,
+    )
+    model = cls(adata, n_latent=settings.n_latent, likelihood=settings.likelihood, **settings.model_kwargs)
+    logger.info(str(model._model_summary_string))
+
+    start = time.perf_counter()
+    model.train(
+        max_epochs=settings.max_epochs,
+        batch_size=settings.batch_size,
+        lr=settings.lr,
+        accelerator=settings.accelerator,
+        devices=_devices(settings.devices),
+        enable_progress_bar=progress_bar,
+    )
+    seconds = time.perf_counter() - start
+    epochs = int(model.history["elbo_train"].shape[0]) if "elbo_train" in model.history else 0
+
+    graph = model.get_intervention_graph()
+    latent = model.get_latent_representation()
+
+    validation_ll = _validation_likelihood(model, settings)
+
+    hist = _history_frame(model.history)
+    summary: dict[str, Any] = {
+        "settings": asdict(settings),
+        "model_class": cls.__name__,
+        "model_init_params": model.init_params_["non_kwargs"],
+        "resolved": {
+            "perturbation_key": data.perturbation_key,
+            "control_label": data.control_label,
+            "n_cells": int(adata.n_obs),
+            "n_genes": int(adata.n_vars),
+            "n_perturbations": len(model.perturbations),
+            "n_combination_cells": int(data.n_combination_cells),
+            "small_perturbations": list(data.small_perturbations),
+            "max_epochs": epochs,
+        },
+        "input": {"path": str(Path(settings.adata).resolve()), "sha256": data.sha256},
+        "versions": _versions(),
+        "command": sys.argv,
+        "timing": {
+            "train_seconds": round(seconds, 3),
+            "seconds_per_epoch": round(seconds / max(epochs, 1), 4),
+            "torch_threads": torch.get_num_threads(),
+        },
+        "validation_likelihood": validation_ll,
+        "final_metrics": {k: float(hist[k].iloc[-1]) for k in hist.columns if len(hist)},
+        "graph": _graph_summary(graph),
+    }
+
+    import anndata as ad
+
+    obs = adata.obs[[c for c in adata.obs.columns if not c.startswith("_scvi")]].copy()
+    latent_adata = ad.AnnData(
+        X=latent.astype(np.float32),
+        obs=obs,
+        var=pd.DataFrame(index=pd.Index(model.latent_names, name="latent")),
+    )
+    latent_adata.uns["scvae"] = {
+        "model": settings.model,
+        "perturbation_key": data.perturbation_key,
+        "control_label": data.control_label,
+        "intervention_graph": graph.astype(np.float64),
+        "run_json": json.dumps(summary, default=str),
+    }
+
+    return model, summary, latent_adata, hist, graph
+
+
+def train_run(settings: TrainSettings, *, progress_bar: bool = True) -> TrainResult:
+    """Train one model on one file and write its run folder (see the module docstring)."""
+    settings.validate()
+    out = check_output(settings.out, settings.overwrite)
+    data = open_perturbation_adata(
+        settings.adata,
+        perturbation_key=settings.perturbation_key,
+        control_label=settings.control,
+        layer=settings.layer,
+        min_cells=settings.min_cells,
+    )
+    logger.info(data.summary())
+    if settings.batch_key is not None and settings.batch_key not in data.adata.obs:
+        raise InputError(f"batch column {settings.batch_key!r} is not in the obs of {settings.adata}")
+
+    # the temporary run folder exists before training: an unwritable output fails now, and
+    # an interrupted or failed run leaves nothing under the final name
+    with atomic_dir(out, overwrite=settings.overwrite) as tmp:
+        model, summary, latent_adata, hist, graph = _fit(settings, data, progress_bar)
+        model.save(str(tmp / "model"), save_anndata=False)
+        latent_adata.write_h5ad(tmp / "latent.h5ad")
+        graph.to_csv(tmp / "intervention_graph.csv")
+        hist.to_csv(tmp / "history.csv")
+        _plot_history(hist, tmp / "loss_curve.png", f"{type(model).__name__} on {Path(settings.adata).name}")
+        write_json(summary, tmp / "run.json")
+    return TrainResult(out=out, model=model, data=data, summary=summary)
