@@ -102,6 +102,11 @@ def train(
                    f"in {s['timing']['train_seconds']:.1f} s ({s['timing']['seconds_per_epoch']:.2f} s/epoch)")
         typer.echo(f"graph: {g['edges_above_0.5']} of {g['n_perturbations'] * g['n_latent']} perturbation x latent "
                    f"probabilities > 0.5; {100 * g['fraction_below_0.05']:.1f}% < 0.05")
+        r = s["recovery"]
+        if r is not None:
+            typer.echo(f"recovery of the simulated truth: MCC {r['mcc_pearson']:.3f} (Pearson), "
+                       f"{r['mcc_spearman']:.3f} (Spearman); graph precision {r['graph_precision']:.3f}, "
+                       f"recall {r['graph_recall']:.3f}, F1 {r['graph_f1']:.3f}")
         v = s["validation_likelihood"]
         if v is not None:
             typer.echo(f"validation NLL: {v['nll_mean']:.2f} +- {v['nll_stderr_mc']:.2f} nats per cell "

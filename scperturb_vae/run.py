@@ -155,6 +155,16 @@ def _graph_summary(graph: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+def _recovery(adata, latent: np.ndarray, graph: pd.DataFrame) -> dict[str, Any] | None:
+    """Recovery of a simulation's truth (MCC, graph F1) when the input carries it."""
+    if "simulation" not in adata.uns or "z_true" not in adata.obsm:
+        return None
+    from .metrics import recovery_summary
+    from .simulate import graph_from_adata
+
+    return recovery_summary(np.asarray(adata.obsm["z_true"]), latent, graph_from_adata(adata), graph)
+
+
 def _validation_likelihood(model, settings: TrainSettings) -> dict[str, Any] | None:
     """Importance-sampled NLL per cell on (a sample of) the cells held out from training."""
     if settings.ll_cells == 0:
@@ -237,6 +247,7 @@ def _fit(settings: TrainSettings, data: PerturbationData, progress_bar: bool):
         "validation_likelihood": validation_ll,
         "final_metrics": {k: float(hist[k].iloc[-1]) for k in hist.columns if len(hist)},
         "graph": _graph_summary(graph),
+        "recovery": _recovery(adata, latent, graph),
     }
 
     import anndata as ad
