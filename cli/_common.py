@@ -104,5 +104,8 @@ def quiet_third_party_warnings() -> None:
 
     for module in ("lightning", "pytorch_lightning", "lightning_fabric", "scvi", "anndata", "torch"):
         warnings.filterwarnings("ignore", module=module)
+    # Lightning sets its loggers to INFO when imported: import it first, then lower them
+    import lightning.pytorch  # noqa: F401
+
     for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -126,7 +126,9 @@ def _plot_history(hist: pd.DataFrame, path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     panels = [
-        ("negative ELBO per cell", ["elbo_train", "elbo_validation"]),
+        # the training objective: per-cell negative ELBO + prior penalty / training cells
+        # (scvi-tools' elbo_* columns divide the penalty by each set's own size instead)
+        ("objective per cell", ["train_loss", "validation_loss"]),
         ("reconstruction loss", ["reconstruction_loss_train", "reconstruction_loss_validation"]),
         ("KL (local)", ["kl_local_train", "kl_local_validation"]),
     ]
@@ -134,7 +136,7 @@ def _plot_history(hist: pd.DataFrame, path: Path, title: str) -> None:
     for ax, (label, cols) in zip(axes, panels):
         for col in cols:
             if col in hist:
-                ax.plot(hist.index, hist[col], label=col.rsplit("_", 1)[-1])
+                ax.plot(hist.index, hist[col], label="validation" if "validation" in col else "train")
         ax.set_xlabel("epoch")
         ax.set_title(label)
         ax.legend(frameon=False)
@@ -212,6 +214,7 @@ def _fit(settings: TrainSettings, data: PerturbationData, progress_bar: bool):
         accelerator=settings.accelerator,
         devices=_devices(settings.devices),
         enable_progress_bar=progress_bar,
+        check_val_every_n_epoch=1,  # validation curves in history.csv and loss_curve.png
     )
     seconds = time.perf_counter() - start
     epochs = int(model.history["elbo_train"].shape[0]) if "elbo_train" in model.history else 0

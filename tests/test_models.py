@@ -71,13 +71,18 @@ def _train(name, adata, epochs=150, **kw):
     return model
 
 
-def test_svae_plus_recovers_a_sparse_graph(small_screen):
-    adata = small_screen.copy()
-    model = _train("svae+", adata)
+def _recovery(model, adata):
+    """MCC, the learned graph with columns matched to the true latents, and the true graph."""
     res = mean_correlation_coefficient(adata.obsm["z_true"], model.get_latent_representation())
     graph = model.get_intervention_graph().to_numpy()[:, res.assignment]
     truth = graph_from_adata(adata).loc[model.perturbations].to_numpy()
-    assert res.mcc > 0.75
+    return res.mcc, graph, truth
+
+
+def test_svae_plus_recovers_a_sparse_graph(small_screen):
+    adata = small_screen.copy()
+    mcc, graph, truth = _recovery(_train("svae+", adata), adata)
+    assert mcc > 0.75
     # true edges get higher mask probabilities than absent ones (0.5 = no information)
     assert _auroc(truth, graph) > 0.8
     # and the Beta(1, K) prior makes the graph sparse (a flat prior leaves every pi near 1)
@@ -87,10 +92,8 @@ def test_svae_plus_recovers_a_sparse_graph(small_screen):
 def test_ivae_prior_learns_perturbation_effects(small_screen):
     adata = small_screen.copy()
     model = _train("ivae", adata)
-    res = mean_correlation_coefficient(adata.obsm["z_true"], model.get_latent_representation())
-    graph = model.get_intervention_graph().to_numpy()[:, res.assignment]
-    truth = graph_from_adata(adata).loc[model.perturbations].to_numpy()
-    assert res.mcc > 0.7
+    mcc, graph, truth = _recovery(model, adata)
+    assert mcc > 0.7
     assert _auroc(truth, graph) > 0.75
     assert model.module.prior.log_var.detach().abs().max() > 0.1  # variances were modulated
 
@@ -146,10 +149,7 @@ def test_setup_detects_key_and_control_and_leaves_data_alone():
 
 def test_vae_graph_comes_from_the_data(small_screen):
     adata = small_screen.copy()
-    model = _train("vae", adata, epochs=60)
-    res = mean_correlation_coefficient(adata.obsm["z_true"], model.get_latent_representation())
-    graph = model.get_intervention_graph().to_numpy()[:, res.assignment]
-    truth = graph_from_adata(adata).loc[model.perturbations].to_numpy()
+    _, graph, truth = _recovery(_train("vae", adata, epochs=60), adata)
     assert ((graph >= 0) & (graph <= 1)).all()
     assert _auroc(truth, graph) > 0.75
 
