@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -49,27 +47,11 @@ OverwriteOpt = Annotated[
 
 
 # ---------------------------------------------------------------- logging and errors
-class _StderrHandler(logging.StreamHandler):
-    """A handler that writes to the *current* ``sys.stderr`` (which tests and notebooks swap)."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value):  # StreamHandler.__init__ assigns it; ignore
-        pass
-
-
 def setup_logging(verbose: bool = True) -> None:
-    """Send the toolkit's log lines to stderr (results go to stdout or files)."""
-    logger = logging.getLogger("scperturb_vae")
-    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(logging.INFO if verbose else logging.WARNING)
-    logger.propagate = False
+    """Log lines to stderr (see :mod:`scperturb_vae.logs`)."""
+    from scperturb_vae.logs import setup_logging as _setup
+
+    _setup(verbose)
 
 
 def _debug_enabled(ctx: typer.Context | None) -> bool:
@@ -99,13 +81,7 @@ def user_errors(ctx: typer.Context | None = None):
 
 
 def quiet_third_party_warnings() -> None:
-    """Hide known, harmless warnings of Lightning / scvi-tools in command output."""
-    import warnings
+    """Hide Lightning / scvi-tools noise (see :mod:`scperturb_vae.logs`)."""
+    from scperturb_vae.logs import quiet_third_party
 
-    for module in ("lightning", "pytorch_lightning", "lightning_fabric", "scvi", "anndata", "torch"):
-        warnings.filterwarnings("ignore", module=module)
-    # Lightning sets its loggers to INFO when imported: import it first, then lower them
-    import lightning.pytorch  # noqa: F401
-
-    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_third_party()

@@ -11,11 +11,8 @@ for the test suite).
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
-
-logger = logging.getLogger("scperturb_vae")
 
 QUICK_SIZES = dict(n_latent=4, n_perturbations=12, n_cells_per_perturbation=100, n_genes=40, n_heldout=2, max_targets=2)
 
@@ -71,8 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-epochs", type=int, default=None, help="training epochs (default 100; quick: 30)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     from .errors import ScvaeError
+    from .logs import quiet_third_party, setup_logging
+
+    setup_logging()
+    quiet_third_party()
 
     try:
         run_demo(Path(args.out), quick=args.quick, max_epochs=args.max_epochs, seed=args.seed)
