@@ -132,22 +132,19 @@ class PerturbationModelBase(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
                 table[row, col] = index[p]
         return perturbations, table
 
-    def _build(self, prior: Prior, *, n_latent, n_hidden, n_layers, dropout_rate, likelihood,
-               encode_perturbation, beta=1.0, tc_beta=None) -> None:
-        n_batch = self.summary_stats.n_batch
+    def _build(self, prior: Prior, n_latent: int, likelihood: str, module_kwargs: dict, **fixed) -> None:
+        unknown = set(module_kwargs) - _MODULE_OPTIONS
+        if unknown:
+            raise TypeError(f"unknown option(s) {sorted(unknown)}; the network options are {sorted(_MODULE_OPTIONS)}")
         self.module = self._module_cls(
             n_input=self.summary_stats.n_vars,
             label_perturbations=self._label_table,
             prior=prior,
-            n_batch=n_batch,
+            n_batch=self.summary_stats.n_batch,
             n_latent=n_latent,
-            n_hidden=n_hidden,
-            n_layers=n_layers,
-            dropout_rate=dropout_rate,
             likelihood=likelihood,
-            encode_perturbation=encode_perturbation,
-            beta=beta,
-            tc_beta=tc_beta,
+            **module_kwargs,
+            **fixed,
         )
         self.latent_names = latent_names(n_latent)
 
@@ -209,7 +206,49 @@ class PerturbationModelBase(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
             "n_epochs_kl_warmup": default_kl_warmup(max_epochs) if n_epochs_kl_warmup is None else n_epochs_kl_warmup,
         }
         plan.update(plan_kwargs or {})
-        return super().train(max_epochs=max_epochs, batch_size=batch_size, plan_kwargs=plan, **kwargs)
+        result = super().train(max_epochs=max_epochs, batch_size=batch_size, plan_kwargs=plan, **kwargs)
+        self.recalibrate_batch_norm(batch_size=batch_size)
+        return result
+
+    @torch.no_grad()
+    def recalibrate_batch_norm(self, batch_size: int = 128) -> None:
+        """Recompute batch-norm statistics for the final weights (one pass over the training cells).
+
+        Batch norm evaluates with running averages (momentum 0.01) that lag behind the
+        weights; on deep-sequenced data that moved held-out likelihoods by tens of nats
+        between epochs.  This replaces them with the exact mean and variance of each
+        batch-norm layer's input over the training cells under the trained network (the
+        forward pass runs as in training, so downstream layers see what they were trained on).
+        """
+        norms = [m for m in self.module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        if not norms:
+            return
+        sums: dict[torch.nn.Module, list] = {m: [0.0, 0.0, 0] for m in norms}
+
+        def record(module, inputs):
+            x = inputs[0].reshape(-1, inputs[0].shape[-1]).double()
+            acc = sums[module]
+            acc[0] = acc[0] + x.sum(0)
+            acc[1] = acc[1] + x.square().sum(0)
+            acc[2] += x.shape[0]
+
+        hooks = [m.register_forward_pre_hook(record) for m in norms]
+        try:
+            loader = self._make_data_loader(adata=self.adata, indices=getattr(self, "train_indices", None),
+                                            batch_size=batch_size, shuffle=True)
+            self.module.train()
+            for tensors in loader:
+                inference = self.module.inference(**self.module._get_inference_input(tensors))
+                self.module.generative(**self.module._get_generative_input(tensors, inference))
+        finally:
+            for hook in hooks:
+                hook.remove()
+            self.module.eval()
+        for m, (total, total_sq, n) in sums.items():
+            mean = total / n
+            var = (total_sq / n - mean.square()).clamp(min=0) * n / max(n - 1, 1)  # unbiased, as BN keeps
+            m.running_mean.copy_(mean.to(m.running_mean.dtype))
+            m.running_var.copy_(var.to(m.running_var.dtype))
 
     # --------------------------------------------------------------- outputs
     def get_latent_representation(self, adata: AnnData | None = None, **kwargs) -> np.ndarray:
@@ -292,16 +331,23 @@ class PerturbationModelBase(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
         return 1.0 - np.exp(-0.5 * d**2)
 
 
+#: options of the shared module that every model passes through ``**module_kwargs``
+_MODULE_OPTIONS = {
+    "n_hidden", "n_layers", "dropout_rate", "encode_perturbation", "encoder_norm", "decoder_norm",
+}
+
 _NETWORK_DOC = """
     n_latent
         Number of latent variables.
-    n_hidden, n_layers, dropout_rate
-        Encoder and decoder sizes (as in scVI).
     likelihood
         Count likelihood: ``"nb"`` (default), ``"zinb"`` or ``"poisson"``; the observed
-        library size scales the decoded proportions.
-    encode_perturbation
-        Give the encoder the perturbation too: ``q(z | x, a)``."""
+        library size scales the decoded proportions."""
+
+_KWARGS_DOC = """    **module_kwargs
+        Network options of :class:`~scperturb_vae.module.PerturbationVAEModule`:
+        ``n_hidden`` (128), ``n_layers`` (1), ``dropout_rate`` (0.1), ``encoder_norm``
+        and ``decoder_norm`` (``"batch"``, ``"layer"`` or ``"none"``; default ``"batch"``), and ``encode_perturbation`` (False;
+        True gives the encoder the perturbation, ``q(z | x, a)``)."""
 
 
 class SVAEPlus(PerturbationModelBase):
@@ -324,30 +370,30 @@ class SVAEPlus(PerturbationModelBase):
         Gumbel-sigmoid temperature of the relaxed masks.
     mask_init_logit
         Initial logit of every mask probability (3.0: ``pi = 0.95``, every edge on at first).
+    kl_estimator
+        ``"gumbel"`` (the paper's): the KL to ``N(gamma mu, I)`` with masks sampled by a
+        straight-through Gumbel-sigmoid; ``"mixture"``: a one-sample Monte Carlo KL to the
+        exact mixture marginal (no mask sampling).
+{_KWARGS_DOC}
     """
 
     def __init__(
         self,
         adata: AnnData | None = None,
         n_latent: int = 10,
-        n_hidden: int = 128,
-        n_layers: int = 1,
-        dropout_rate: float = 0.1,
         likelihood: Literal["nb", "zinb", "poisson"] = "nb",
-        encode_perturbation: bool = False,
         beta_k: float = 100.0,
         temperature: float = 1.0,
         mask_init_logit: float = 3.0,
         kl_estimator: Literal["gumbel", "mixture"] = "gumbel",
+        **module_kwargs,
     ):
         n_pert = self._init_base(adata)
         prior = SparseShiftPrior(
             n_latent, n_pert, sparsity="beta", beta_k=beta_k, temperature=temperature,
             mask_init_logit=mask_init_logit, kl_estimator=kl_estimator,
         )
-        self._build(prior, n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers,
-                    dropout_rate=dropout_rate, likelihood=likelihood,
-                    encode_perturbation=encode_perturbation)
+        self._build(prior, n_latent, likelihood, module_kwargs)
         self._model_summary_string = (
             f"sVAE+ with {n_latent} latents, {n_pert} perturbations, K={beta_k}, {likelihood} likelihood"
         )
@@ -371,29 +417,25 @@ class SVAE(PerturbationModelBase):
         Gumbel-sigmoid temperature of the relaxed masks.
     mask_init_logit
         Initial logit of every mask probability.
+{_KWARGS_DOC}
     """
 
     def __init__(
         self,
         adata: AnnData | None = None,
         n_latent: int = 10,
-        n_hidden: int = 128,
-        n_layers: int = 1,
-        dropout_rate: float = 0.1,
         likelihood: Literal["nb", "zinb", "poisson"] = "nb",
-        encode_perturbation: bool = False,
         sparsity_penalty: float = 100.0,
         temperature: float = 1.0,
         mask_init_logit: float = 3.0,
+        **module_kwargs,
     ):
         n_pert = self._init_base(adata)
         prior = SparseShiftPrior(
             n_latent, n_pert, sparsity="l1", l1_strength=sparsity_penalty,
             temperature=temperature, mask_init_logit=mask_init_logit,
         )
-        self._build(prior, n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers,
-                    dropout_rate=dropout_rate, likelihood=likelihood,
-                    encode_perturbation=encode_perturbation)
+        self._build(prior, n_latent, likelihood, module_kwargs)
         self._model_summary_string = (
             f"sVAE with {n_latent} latents, {n_pert} perturbations, L1={sparsity_penalty}, {likelihood} likelihood"
         )
@@ -413,24 +455,20 @@ class IVAE(PerturbationModelBase):
         AnnData registered with :meth:`setup_anndata`.{_NETWORK_DOC}
     modulate_mean
         Also learn per-perturbation means (the reference iVAE code learns only variances).
+{_KWARGS_DOC}
     """
 
     def __init__(
         self,
         adata: AnnData | None = None,
         n_latent: int = 10,
-        n_hidden: int = 128,
-        n_layers: int = 1,
-        dropout_rate: float = 0.1,
         likelihood: Literal["nb", "zinb", "poisson"] = "nb",
-        encode_perturbation: bool = False,
         modulate_mean: bool = True,
+        **module_kwargs,
     ):
         n_pert = self._init_base(adata)
         prior = ConditionalGaussianPrior(n_latent, n_pert, modulate_mean=modulate_mean)
-        self._build(prior, n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers,
-                    dropout_rate=dropout_rate, likelihood=likelihood,
-                    encode_perturbation=encode_perturbation)
+        self._build(prior, n_latent, likelihood, module_kwargs)
         self._model_summary_string = f"iVAE with {n_latent} latents, {n_pert} perturbations, {likelihood} likelihood"
         self.init_params_ = self._get_init_params(locals())
 
@@ -448,25 +486,21 @@ class VAE(PerturbationModelBase):
         When set, the beta-TCVAE objective: the KL is split into index-code mutual
         information, total correlation and dimension-wise KL (minibatch-weighted sampling),
         and only the total correlation is weighted, by ``tc_beta``.
+{_KWARGS_DOC}
     """
 
     def __init__(
         self,
         adata: AnnData | None = None,
         n_latent: int = 10,
-        n_hidden: int = 128,
-        n_layers: int = 1,
-        dropout_rate: float = 0.1,
         likelihood: Literal["nb", "zinb", "poisson"] = "nb",
-        encode_perturbation: bool = False,
         beta: float = 1.0,
         tc_beta: float | None = None,
+        **module_kwargs,
     ):
         n_pert = self._init_base(adata)
         prior = StandardNormalPrior(n_latent, n_pert)
-        self._build(prior, n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers,
-                    dropout_rate=dropout_rate, likelihood=likelihood,
-                    encode_perturbation=encode_perturbation, beta=beta, tc_beta=tc_beta)
+        self._build(prior, n_latent, likelihood, module_kwargs, beta=beta, tc_beta=tc_beta)
         kind = "beta-TCVAE" if tc_beta is not None else ("beta-VAE" if beta != 1 else "VAE")
         self._model_summary_string = f"{kind} with {n_latent} latents, {likelihood} likelihood"
         self.init_params_ = self._get_init_params(locals())

@@ -39,6 +39,8 @@ from .priors import Prior
 
 Likelihood = Literal["nb", "zinb", "poisson"]
 LIKELIHOODS = ("nb", "zinb", "poisson")
+Norm = Literal["layer", "batch", "none"]
+NORMS = ("layer", "batch", "none")
 
 
 class PerturbationVAEModule(BaseModuleClass):
@@ -66,6 +68,13 @@ class PerturbationVAEModule(BaseModuleClass):
         Weight of the KL term (beta-VAE when != 1).
     tc_beta
         When set, use the beta-TCVAE decomposition with this weight on the total correlation.
+    encoder_norm, decoder_norm
+        Normalisation of the hidden layers: ``"batch"`` (default, as scVI), ``"layer"`` or
+        ``"none"``.  On the sVAE+ paper's simulation (100 epochs) batch norm in both gave the
+        best recovery (MCC 0.86, graph F1 0.91; layer norm in both 0.62 / 0.62; none 0.47 /
+        0.36).  Batch norm evaluates with running averages that lag behind the weights; the
+        models recompute them after training
+        (:meth:`~scperturb_vae.models.PerturbationModelBase.recalibrate_batch_norm`).
     """
 
     def __init__(
@@ -83,8 +92,13 @@ class PerturbationVAEModule(BaseModuleClass):
         encode_perturbation: bool = False,
         beta: float = 1.0,
         tc_beta: float | None = None,
+        encoder_norm: Norm = "batch",
+        decoder_norm: Norm = "batch",
     ):
         super().__init__()
+        for norm in (encoder_norm, decoder_norm):
+            if norm not in NORMS:
+                raise ValueError(f"norm must be one of {NORMS}, not {norm!r}")
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, not {likelihood!r}")
         self.n_input = n_input
@@ -106,8 +120,8 @@ class PerturbationVAEModule(BaseModuleClass):
             n_layers=n_layers,
             n_hidden=n_hidden,
             dropout_rate=dropout_rate,
-            use_batch_norm=True,
-            use_layer_norm=False,
+            use_batch_norm=encoder_norm == "batch",
+            use_layer_norm=encoder_norm == "layer",
             return_dist=True,
         )
         self.decoder = DecoderSCVI(
@@ -117,8 +131,8 @@ class PerturbationVAEModule(BaseModuleClass):
             n_layers=n_layers,
             n_hidden=n_hidden,
             inject_covariates=True,
-            use_batch_norm=True,
-            use_layer_norm=False,
+            use_batch_norm=decoder_norm == "batch",
+            use_layer_norm=decoder_norm == "layer",
         )
         self.px_r = nn.Parameter(torch.randn(n_input))
 

@@ -167,3 +167,20 @@ def test_tcvae_and_beta_vae_options():
 @pytest.mark.parametrize("epochs, expected", [(1, 1), (10, 2), (100, 25), (400, 50)])
 def test_kl_warmup_suits_short_runs(epochs, expected):
     assert default_kl_warmup(epochs) == expected
+
+
+def test_batch_norm_statistics_are_recomputed_for_the_final_weights():
+    adata = _tiny()
+    scvi.settings.seed = 0
+    sv.SVAEPlus.setup_anndata(adata)
+    model = sv.SVAEPlus(adata, n_latent=3)
+    model.train(max_epochs=3, **FAST)
+    layer = model.module.z_encoder.encoder.fc_layers[0]
+    linear, norm = layer[0], layer[1]
+    assert isinstance(norm, torch.nn.BatchNorm1d)
+    x = torch.as_tensor(adata.X[model.train_indices].toarray())
+    with torch.no_grad():
+        h = linear(torch.log1p(x))
+    # the exact mean over the training cells, not a lagging running average (momentum 0.01)
+    torch.testing.assert_close(norm.running_mean, h.mean(0), atol=1e-4, rtol=1e-4)
+    assert norm.momentum == 0.01 and not model.module.training
