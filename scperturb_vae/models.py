@@ -251,10 +251,6 @@ class PerturbationModelBase(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
             m.running_var.copy_(var.to(m.running_var.dtype))
 
     # --------------------------------------------------------------- outputs
-    def get_latent_representation(self, adata: AnnData | None = None, **kwargs) -> np.ndarray:
-        """Posterior means (cells x latents); see scvi-tools for the options."""
-        return super().get_latent_representation(adata=adata, **kwargs)
-
     @torch.inference_mode()
     def get_marginal_ll(
         self,
@@ -293,29 +289,30 @@ class PerturbationModelBase(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
             return (mean, float(np.sqrt(np.sum(se**2)) / len(se))) if return_stderr else mean
         return (ll, se) if return_stderr else ll
 
-    def get_intervention_graph(self, adata: AnnData | None = None) -> pd.DataFrame:
+    def get_intervention_graph(self, adata: AnnData | None = None, latent: np.ndarray | None = None) -> pd.DataFrame:
         """Perturbation x latent probabilities that the perturbation moves the latent.
 
         sVAE+ / sVAE: the mask probabilities ``pi``.  iVAE: ``1 - exp(-KL(p(z_i|a) || N(0,1)))``
         of its prior.  VAE (no perturbation parameters): the same score computed from the
         data, ``1 - exp(-d^2 / 2)`` with ``d`` the standardised difference between the mean
         latent of the perturbation's cells and of the control cells (the KL between two unit
-        Gaussians ``d`` apart); it needs the registered AnnData (or ``adata``).
+        Gaussians ``d`` apart); it needs the registered AnnData (or ``adata``), and reuses
+        ``latent`` (its posterior means) when given.
         """
         graph = self.module.prior.intervention_graph()
         if graph is not None:
             values = graph.detach().cpu().numpy()[: len(self.perturbations)]
         else:
-            values = self._posterior_shift_score(adata)
+            values = self._posterior_shift_score(adata, latent)
         return pd.DataFrame(
             values.astype(np.float64),
             index=pd.Index(self.perturbations, name="perturbation"),
             columns=pd.Index(self.latent_names, name="latent"),
         )
 
-    def _posterior_shift_score(self, adata: AnnData | None) -> np.ndarray:
+    def _posterior_shift_score(self, adata: AnnData | None, latent: np.ndarray | None) -> np.ndarray:
         adata = self._validate_anndata(adata)
-        z = self.get_latent_representation(adata)
+        z = self.get_latent_representation(adata) if latent is None else latent
         labels = adata.obs[self.perturbation_key].astype(str).to_numpy()
         control = labels == self.control_label
         mu0, sd0 = z[control].mean(0), z[control].std(0) + 1e-6

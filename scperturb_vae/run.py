@@ -146,6 +146,14 @@ def _plot_history(hist: pd.DataFrame, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _final_metrics(hist: pd.DataFrame) -> dict[str, float]:
+    """The last epoch's finite metrics (JSON has no NaN)."""
+    if not len(hist):
+        return {}
+    last = pd.to_numeric(hist.iloc[-1], errors="coerce")
+    return {k: float(v) for k, v in last.items() if np.isfinite(v)}
+
+
 def _graph_summary(graph: pd.DataFrame) -> dict[str, Any]:
     v = graph.to_numpy()
     return {
@@ -219,8 +227,8 @@ def _fit(settings: TrainSettings, data: PerturbationData, progress_bar: bool):
     seconds = time.perf_counter() - start
     epochs = int(model.history["elbo_train"].shape[0]) if "elbo_train" in model.history else 0
 
-    graph = model.get_intervention_graph()
     latent = model.get_latent_representation()
+    graph = model.get_intervention_graph(latent=latent)
 
     validation_ll = _validation_likelihood(model, settings)
 
@@ -228,7 +236,7 @@ def _fit(settings: TrainSettings, data: PerturbationData, progress_bar: bool):
     summary: dict[str, Any] = {
         "settings": asdict(settings),
         "model_class": cls.__name__,
-        "model_init_params": model.init_params_["non_kwargs"],
+        "model_init_params": {**model.init_params_["non_kwargs"], **model.init_params_["kwargs"].get("module_kwargs", {})},
         "resolved": {
             "perturbation_key": data.perturbation_key,
             "control_label": data.control_label,
@@ -248,7 +256,7 @@ def _fit(settings: TrainSettings, data: PerturbationData, progress_bar: bool):
             "torch_threads": torch.get_num_threads(),
         },
         "validation_likelihood": validation_ll,
-        "final_metrics": {k: float(hist[k].iloc[-1]) for k in hist.columns if len(hist)},
+        "final_metrics": _final_metrics(hist),
         "graph": _graph_summary(graph),
         "recovery": _recovery(adata, latent, graph),
     }
