@@ -85,3 +85,41 @@ def quiet_third_party_warnings() -> None:
     from scperturb_vae.logs import quiet_third_party
 
     quiet_third_party()
+
+
+# ---------------------------------------------------------------- held-out split options
+HoldoutOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--holdout",
+        help="Hold out a cluster of perturbations by name (cluster0, cluster1, ...: from --clusters FILE, "
+        "or computed from the data as scvae clusters does).",
+        show_default=False,
+    ),
+]
+HoldoutPerturbationsOpt = Annotated[
+    Optional[str],
+    typer.Option("--holdout-perturbations", help="Hold out these perturbations (comma-separated).", show_default=False),
+]
+ClustersOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--clusters",
+        help="Perturbation -> cluster table (CSV/TSV long table, or the Replogle 2022 'members' layout).",
+        show_default=False,
+    ),
+]
+NClustersOpt = Annotated[
+    int, typer.Option("--n-clusters", help="Number of computed clusters (without --clusters).")
+]
+AdaptFractionOpt = Annotated[
+    float,
+    typer.Option("--adapt-fraction", help="Fraction of each held-out perturbation's cells used for adaptation; the rest evaluate."),
+]
+
+
+def split_list(value: str | None) -> list[str] | None:
+    """``"a, b,c"`` -> ``["a", "b", "c"]``; ``None`` stays ``None``."""
+    if value is None:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]

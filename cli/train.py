@@ -8,14 +8,20 @@ from typing import Annotated, Optional
 import typer
 
 from ._common import (
+    AdaptFractionOpt,
     AdataOpt,
+    ClustersOpt,
     ControlOpt,
+    HoldoutOpt,
+    HoldoutPerturbationsOpt,
+    NClustersOpt,
     LayerOpt,
     OverwriteOpt,
     PerturbationKeyOpt,
     SeedOpt,
     quiet_third_party_warnings,
     setup_logging,
+    split_list,
     user_errors,
 )
 
@@ -45,6 +51,11 @@ def train(
     encode_perturbation: Annotated[bool, typer.Option("--encode-perturbation", help="Give the encoder the perturbation: q(z | x, a).")] = False,
     min_cells: Annotated[int, typer.Option("--min-cells", help="Report perturbations with fewer cells.")] = 20,
     ll_cells: Annotated[int, typer.Option("--ll-cells", help="Validation cells for the importance-sampled likelihood in run.json (0 skips it).")] = 1000,
+    holdout: HoldoutOpt = None,
+    holdout_perturbations: HoldoutPerturbationsOpt = None,
+    clusters: ClustersOpt = None,
+    n_clusters: NClustersOpt = 8,
+    adapt_fraction: AdaptFractionOpt = 0.5,
     seed: SeedOpt = 0,
     accelerator: Annotated[str, typer.Option("--accelerator", help="Lightning accelerator: auto, cpu, gpu, mps.")] = "auto",
     devices: Annotated[str, typer.Option("--devices", help="Lightning devices: auto, or a number.")] = "auto",
@@ -57,11 +68,17 @@ def train(
     means, obs copied, the graph in uns), OUT/intervention_graph.csv, OUT/history.csv,
     OUT/loss_curve.png and OUT/run.json. OUT appears only when complete.
 
+    With --holdout CLUSTER or --holdout-perturbations A,B the held-out perturbations' cells
+    are left out of training, split into adaptation and evaluation cells, and the split is
+    written to OUT/split.csv; scvae evaluate --model OUT reuses the model.
+
     Examples:
 
       scvae train --adata replogle.h5ad --perturbation-key gene --control non-targeting --out runs/svae
 
       scvae train --adata sim.h5ad --model ivae --n-latent 15 --max-epochs 100 --out runs/ivae
+
+      scvae train --adata replogle.h5ad --holdout cluster3 --clusters clusters.csv --out runs/svae_c3
     """
     setup_logging()
     with user_errors(ctx):
@@ -92,6 +109,9 @@ def train(
             max_epochs=max_epochs, batch_size=batch_size, lr=lr, likelihood=likelihood,
             seed=seed, min_cells=min_cells, accelerator=accelerator, devices=devices,
             overwrite=overwrite, ll_cells=ll_cells, model_kwargs=model_kwargs,
+            holdout=holdout, holdout_perturbations=split_list(holdout_perturbations),
+            clusters=None if clusters is None else str(clusters), n_clusters=n_clusters,
+            adapt_fraction=adapt_fraction,
         )
         quiet_third_party_warnings()
         result = train_run(settings, progress_bar=progress)
@@ -111,4 +131,10 @@ def train(
         if v is not None:
             typer.echo(f"validation NLL: {v['nll_mean']:.2f} +- {v['nll_stderr_mc']:.2f} nats per cell "
                        f"({v['n_cells']} cells, {v['n_importance_samples']} importance samples)")
-        typer.echo(f"wrote {result.out}/ (model/, latent.h5ad, intervention_graph.csv, history.csv, loss_curve.png, run.json)")
+        h = s.get("holdout")
+        if h is not None:
+            n = h["n_cells"]
+            typer.echo(f"held out {h['name']!r} ({len(h['perturbations'])} perturbations): {n['heldout_adapt']} adaptation "
+                       f"and {n['heldout_eval']} evaluation cells, not trained on (split.csv)")
+        typer.echo(f"wrote {result.out}/ (model/, latent.h5ad, intervention_graph.csv, history.csv, loss_curve.png, run.json"
+                   f"{', split.csv' if h is not None else ''})")

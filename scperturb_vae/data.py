@@ -474,7 +474,8 @@ def _check_unique_names(names: pd.Index, kind: str, fix: str) -> None:
 
 
 def _check_no_empty_cells_or_genes(
-    X: Any, obs_names: pd.Index, var_names: pd.Index, what: str, chunk_rows: int
+    X: Any, obs_names: pd.Index, var_names: pd.Index, what: str, chunk_rows: int,
+    allow_empty_genes: bool = False,
 ) -> None:
     """Raise when a cell or a gene has no counts at all."""
     per_cell, per_gene = _cell_and_gene_totals(X, chunk_rows)
@@ -486,7 +487,7 @@ def _check_no_empty_cells_or_genes(
             "(e.g. sc.pp.filter_cells(adata, min_counts=1))"
         )
     empty_genes = np.flatnonzero(per_gene == 0)
-    if empty_genes.size:
+    if empty_genes.size and not allow_empty_genes:
         raise InputError(
             f"{empty_genes.size} genes have no counts in {what} (e.g. "
             f"{str(var_names[empty_genes[0]])!r}); remove them first "
@@ -716,6 +717,7 @@ def validate_perturbation_adata(
     min_cells: int = 20,
     path: str | os.PathLike[str] | None = None,
     sha256: str | None = None,
+    allow_empty_genes: bool = False,
 ) -> PerturbationData:
     """Validate a perturbation AnnData without modifying it.
 
@@ -738,6 +740,9 @@ def validate_perturbation_adata(
         The file the AnnData came from, recorded in the result.
     sha256
         The file's digest, recorded in the result.
+    allow_empty_genes
+        Accept genes without counts (a subset of a validated file, e.g. the training cells
+        of a held-out split, may leave a rare gene at zero).
 
     Returns
     -------
@@ -757,7 +762,7 @@ def validate_perturbation_adata(
     check_counts(X, what=what)
     _check_unique_names(adata.obs_names, "cell", "obs_names_make_unique")
     _check_unique_names(adata.var_names, "gene", "var_names_make_unique")
-    _check_no_empty_cells_or_genes(X, adata.obs_names, adata.var_names, what, 10_000)
+    _check_no_empty_cells_or_genes(X, adata.obs_names, adata.var_names, what, 10_000, allow_empty_genes)
 
     key = resolve_perturbation_key(adata.obs, perturbation_key)
     column = adata.obs[key].astype(str).copy()  # a copy: adata.obs is left alone

@@ -74,6 +74,7 @@ class PerturbationModelBase(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
         layer: str | None = None,
         batch_key: str | None = None,
         min_cells: int = 20,
+        allow_empty_genes: bool = False,
         **kwargs,
     ):
         """Register a perturbation screen.
@@ -96,6 +97,8 @@ class PerturbationModelBase(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
         %(param_batch_key)s
         min_cells
             Perturbations with fewer cells are reported (not removed).
+        allow_empty_genes
+            Accept genes without counts (the training cells of a held-out split).
         """
         info = validate_perturbation_adata(
             adata,
@@ -103,6 +106,7 @@ class PerturbationModelBase(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
             control_label=control_label,
             layer=layer,
             min_cells=min_cells,
+            allow_empty_genes=allow_empty_genes,
         )
         perturbation_key = info.perturbation_key
         control_label = info.control_label

@@ -241,10 +241,15 @@ class PerturbationVAEModule(BaseModuleClass):
     # ------------------------------------------------------------------ likelihoods
     @torch.inference_mode()
     @auto_move_data
-    def log_weights(self, tensors: dict, n_samples: int) -> torch.Tensor:
-        """``(n_samples, batch)`` importance log-weights ``log p(x|z) + log p(z|a) - log q(z|x)``."""
+    def log_weights(self, tensors: dict, n_samples: int, pert_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """``(n_samples, batch)`` importance log-weights ``log p(x|z) + log p(z|a) - log q(z|x)``.
+
+        ``pert_idx`` overrides the perturbations the prior sees (held-out perturbations the
+        label codes do not know); by default they come from the cells' labels.
+        """
         inf = self.inference(**self._get_inference_input(tensors), n_samples=1)
-        qz, pert_idx = inf["qz"], inf["pert_idx"]
+        qz = inf["qz"]
+        pert_idx = inf["pert_idx"] if pert_idx is None else pert_idx
         z = qz.sample((n_samples,))
         library = inf["library"].unsqueeze(0).expand(n_samples, *inf["library"].shape)
         gen = self.generative(z=z, library=library, batch_index=self._batch(tensors))
@@ -262,6 +267,7 @@ class PerturbationVAEModule(BaseModuleClass):
         n_mc_samples_per_pass: int = 100,
         return_stderr: bool = False,
         return_mean: bool = False,
+        pert_idx: torch.Tensor | None = None,
     ):
         r"""Importance-sampled ``log p(x | a)`` per cell, under this module's own prior.
 
@@ -269,12 +275,13 @@ class PerturbationVAEModule(BaseModuleClass):
         log q(z_s|x)``, ``z_s ~ q(z|x)``, computed in chunks of ``n_mc_samples_per_pass``
         samples so memory stays bounded.  With ``return_stderr``, also the delta-method
         Monte Carlo standard error of the estimate, ``sqrt(Var(w) / S) / mean(w)``.
+        ``pert_idx`` is passed to :meth:`log_weights`.
         """
         n_left = int(n_mc_samples)
         lse = lse2 = None
         while n_left > 0:
             n = min(n_left, int(n_mc_samples_per_pass))
-            lw = self.log_weights(tensors, n).double()
+            lw = self.log_weights(tensors, n, pert_idx=pert_idx).double()
             a, b = torch.logsumexp(lw, 0), torch.logsumexp(2 * lw, 0)
             lse = a if lse is None else torch.logaddexp(lse, a)
             lse2 = b if lse2 is None else torch.logaddexp(lse2, b)

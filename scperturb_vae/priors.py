@@ -98,7 +98,8 @@ class Prior(nn.Module):
         """Monte Carlo KL from the sample ``z`` (subclasses override with closed forms)."""
         return (qz.log_prob(z) - self.log_prob(z, pert_idx)).sum(-1)
 
-    def penalty(self) -> torch.Tensor:
+    def penalty(self, rows: slice | None = None) -> torch.Tensor:
+        """The hyper-prior term; ``rows`` restricts it to some perturbations' parameters."""
         return torch.zeros(())
 
     def intervention_graph(self) -> torch.Tensor | None:
@@ -231,12 +232,13 @@ class SparseShiftPrior(Prior):
             terms.append(log_w + _std_normal_log_prob(z - mean))
         return torch.logsumexp(torch.stack(terms, 0), 0)
 
-    def penalty(self):
+    def penalty(self, rows: slice | None = None):
+        logit = self.mask_logit if rows is None else self.mask_logit[rows]
         if self.sparsity == "beta":
             # log Beta(pi; 1, K) = log K + (K - 1) log(1 - pi);  log(1 - sigmoid(l)) = -softplus(l)
-            log_density = math.log(self.beta_k) - (self.beta_k - 1.0) * F.softplus(self.mask_logit)
+            log_density = math.log(self.beta_k) - (self.beta_k - 1.0) * F.softplus(logit)
             return -log_density.sum()
-        return self.l1_strength * self.mask_probability.sum()
+        return self.l1_strength * torch.sigmoid(logit).sum()
 
     def add_perturbations(self, n_new: int) -> None:
         device = self.shift.device

@@ -40,7 +40,7 @@ from .io import atomic_dir, check_output, write_json
 
 logger = logging.getLogger("scperturb_vae")
 
-__all__ = ["TrainSettings", "TrainResult", "train_run", "MODEL_NAMES"]
+__all__ = ["TrainSettings", "TrainResult", "train_run", "MODEL_NAMES", "LoadedRun", "load_run", "read_run_summary"]
 
 MODEL_NAMES = ("svae+", "svae", "ivae", "vae")
 
@@ -70,6 +70,19 @@ class TrainSettings:
     ll_cells: int = 1000
     ll_samples: int = 100
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: held-out perturbations (see :mod:`scperturb_vae.heldout`): a cluster name ...
+    holdout: str | None = None
+    #: ... or a list of perturbations
+    holdout_perturbations: list[str] | None = None
+    #: a cluster table for ``holdout`` (default: clusters computed from the data)
+    clusters: str | None = None
+    n_clusters: int = 8
+    #: fraction of each held-out perturbation's cells used for adaptation (the rest evaluate)
+    adapt_fraction: float = 0.5
+
+    @property
+    def has_holdout(self) -> bool:
+        return self.holdout is not None or bool(self.holdout_perturbations)
 
     def validate(self) -> None:
         if self.model not in MODEL_NAMES:
@@ -84,6 +97,10 @@ class TrainSettings:
             raise InputError("--ll-cells must be >= 0 and the number of importance samples >= 1")
         if self.batch_size < 2:
             raise InputError(f"--batch-size must be at least 2, not {self.batch_size}")
+        if self.n_clusters < 1:
+            raise InputError(f"--n-clusters must be at least 1, not {self.n_clusters}")
+        if not 0.0 < self.adapt_fraction < 1.0:
+            raise InputError(f"--adapt-fraction must be between 0 and 1, not {self.adapt_fraction}")
 
 
 @dataclass
@@ -92,6 +109,8 @@ class TrainResult:
     model: Any
     data: PerturbationData
     summary: dict[str, Any]
+    #: cell -> part (``train``, ``validation``, ``heldout_adapt``, ``heldout_eval``) with a held-out split
+    split: pd.Series | None = None
 
 
 def _devices(value: str) -> int | str:
@@ -193,14 +212,40 @@ def _validation_likelihood(model, settings: TrainSettings) -> dict[str, Any] | N
     }
 
 
-def _fit(settings: TrainSettings, data: PerturbationData, progress_bar: bool):
-    """Set up, train and summarise one model (no files written)."""
+def _holdout_split(settings: TrainSettings, data: PerturbationData):
+    """The held-out perturbations and the cell parts, or ``(None, None)`` without a holdout."""
+    if not settings.has_holdout:
+        return None, None
+    from .heldout import make_split, resolve_holdout
+
+    spec = resolve_holdout(
+        data, holdout=settings.holdout, holdout_perturbations=settings.holdout_perturbations,
+        clusters=settings.clusters, n_clusters=settings.n_clusters,
+    )
+    parts = make_split(
+        data.adata.obs[data.perturbation_key], data.control_label, spec.perturbations,
+        adapt_fraction=settings.adapt_fraction, seed=settings.seed,
+    )
+    logger.info(
+        f"holding out {spec.name!r} ({len(spec.perturbations)} perturbations: {', '.join(spec.perturbations[:8])}"
+        f"{', ...' if len(spec.perturbations) > 8 else ''}): {int((parts == 'heldout_adapt').sum())} adaptation and "
+        f"{int((parts == 'heldout_eval').sum())} evaluation cells; {int((parts == 'train').sum())} cells train"
+    )
+    return spec, parts
+
+
+def _fit(settings: TrainSettings, data: PerturbationData, progress_bar: bool, parts: pd.Series | None = None):
+    """Set up, train and summarise one model (no files written).
+
+    With ``parts`` (a held-out split), only the ``train`` cells are set up and trained on;
+    the cells scvi-tools keeps for validation are marked ``validation`` in the returned parts.
+    """
     import scvi
     import torch
 
     from .models import MODELS
 
-    adata = data.adata
+    adata = data.adata if parts is None else data.adata[(parts == "train").to_numpy()].copy()
     scvi.settings.seed = settings.seed
     cls = MODELS[settings.model]
     cls.setup_anndata(
@@ -210,6 +255,7 @@ def _fit(settings: TrainSettings, data: PerturbationData, progress_bar: bool):
         layer=settings.layer,
         batch_key=settings.batch_key,
         min_cells=settings.min_cells,
+        allow_empty_genes=parts is not None,
     )
     model = cls(adata, n_latent=settings.n_latent, likelihood=settings.likelihood, **settings.model_kwargs)
     logger.info(str(model._model_summary_string))
@@ -226,6 +272,11 @@ def _fit(settings: TrainSettings, data: PerturbationData, progress_bar: bool):
     )
     seconds = time.perf_counter() - start
     epochs = int(model.history["elbo_train"].shape[0]) if "elbo_train" in model.history else 0
+    if parts is not None:
+        parts = parts.copy()
+        val_idx = getattr(model, "validation_indices", None)
+        if val_idx is not None and len(val_idx):
+            parts.loc[adata.obs_names[np.asarray(val_idx)]] = "validation"
 
     latent = model.get_latent_representation()
     graph = model.get_intervention_graph(latent=latent)
@@ -277,32 +328,158 @@ def _fit(settings: TrainSettings, data: PerturbationData, progress_bar: bool):
         "run_json": json.dumps(summary, default=str),
     }
 
-    return model, summary, latent_adata, hist, graph
+    return model, summary, latent_adata, hist, graph, parts
 
 
-def train_run(settings: TrainSettings, *, progress_bar: bool = True) -> TrainResult:
-    """Train one model on one file and write its run folder (see the module docstring)."""
+def train_run(
+    settings: TrainSettings,
+    *,
+    progress_bar: bool = True,
+    data: PerturbationData | None = None,
+    holdout: tuple | None = None,
+) -> TrainResult:
+    """Train one model on one file and write its run folder (see the module docstring).
+
+    ``data`` is the already opened ``settings.adata`` (commands that train several models
+    read the file once).  With a holdout (``settings.holdout`` or
+    ``settings.holdout_perturbations``) the held-out cells are left out of training and the
+    split is written to ``split.csv`` (see :mod:`scperturb_vae.heldout`); ``holdout`` is an
+    already computed ``(HoldoutSpec, parts)`` pair of that split.
+    """
     settings.validate()
     out = check_output(settings.out, settings.overwrite)
-    data = open_perturbation_adata(
-        settings.adata,
-        perturbation_key=settings.perturbation_key,
-        control_label=settings.control,
-        layer=settings.layer,
-        min_cells=settings.min_cells,
-    )
-    logger.info(data.summary())
+    if data is None:
+        data = open_perturbation_adata(
+            settings.adata,
+            perturbation_key=settings.perturbation_key,
+            control_label=settings.control,
+            layer=settings.layer,
+            min_cells=settings.min_cells,
+        )
+        logger.info(data.summary())
     if settings.batch_key is not None and settings.batch_key not in data.adata.obs:
         raise InputError(f"batch column {settings.batch_key!r} is not in the obs of {settings.adata}")
+    spec, parts = holdout if holdout is not None else _holdout_split(settings, data)
 
     # the temporary run folder exists before training: an unwritable output fails now, and
     # an interrupted or failed run leaves nothing under the final name
     with atomic_dir(out, overwrite=settings.overwrite) as tmp:
-        model, summary, latent_adata, hist, graph = _fit(settings, data, progress_bar)
+        model, summary, latent_adata, hist, graph, parts = _fit(settings, data, progress_bar, parts)
+        if spec is not None:
+            summary["holdout"] = {
+                **spec.to_json(),
+                "adapt_fraction": settings.adapt_fraction,
+                "n_cells": {part: int((parts == part).sum()) for part in ("train", "validation", "heldout_adapt", "heldout_eval")},
+            }
+            parts.rename_axis("cell").to_frame("part").to_csv(tmp / "split.csv")
         model.save(str(tmp / "model"), save_anndata=False)
         latent_adata.write_h5ad(tmp / "latent.h5ad")
         graph.to_csv(tmp / "intervention_graph.csv")
         hist.to_csv(tmp / "history.csv")
         _plot_history(hist, tmp / "loss_curve.png", f"{type(model).__name__} on {Path(settings.adata).name}")
         write_json(summary, tmp / "run.json")
-    return TrainResult(out=out, model=model, data=data, summary=summary)
+    return TrainResult(out=out, model=model, data=data, summary=summary, split=parts)
+
+
+# --------------------------------------------------------------------------- loading a run folder
+@dataclass
+class LoadedRun:
+    """A run folder read back: the model on its training cells, and the run's records."""
+
+    path: Path
+    #: ``run.json``
+    summary: dict[str, Any]
+    #: the trained model, set up on ``adata``
+    model: Any
+    #: the AnnData the model is registered with (the training cells of the input)
+    adata: Any
+    #: the whole validated input
+    data: PerturbationData
+    #: ``latent.h5ad``
+    latent: Any
+    #: ``intervention_graph.csv``
+    graph: pd.DataFrame
+    #: ``split.csv`` (cell -> part) for runs trained with a holdout, else ``None``
+    split: pd.Series | None = None
+
+    @property
+    def model_name(self) -> str:
+        return self.summary["settings"]["model"]
+
+
+RUN_FILES = ("run.json", "latent.h5ad", "intervention_graph.csv", "model")
+
+
+def read_run_summary(run_dir: str | Path) -> dict[str, Any]:
+    """``run.json`` of a run folder, with one-line errors for a folder that is not a run."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise InputError(f"run folder {run_dir} does not exist")
+    if not run_dir.is_dir():
+        raise InputError(f"{run_dir} is not a run folder (a folder made by scvae train)")
+    missing = [name for name in RUN_FILES if not (run_dir / name).exists()]
+    if missing:
+        raise InputError(f"{run_dir} is not a complete run folder: {', '.join(missing)} missing")
+    try:
+        summary = json.loads((run_dir / "run.json").read_text())
+        summary["settings"]["model"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise InputError(f"{run_dir / 'run.json'} cannot be read ({type(err).__name__}); is it a run folder?") from None
+    return summary
+
+
+def load_run(run_dir: str | Path, adata: str | Path | None = None, *, check_input: bool = True) -> LoadedRun:
+    """Load a run folder made by :func:`train_run` (``scvae train``).
+
+    The model was saved without its data: the input file named in ``run.json`` (or
+    ``adata``, e.g. after moving it) is opened and validated with the run's perturbation
+    column, control label and layer, restricted to the training cells when the run held
+    perturbations out, and the model is loaded onto it.  With ``check_input`` the file must
+    be the very file the run was trained on (same SHA-256).
+    """
+    import anndata as ad
+
+    from .models import MODELS
+
+    run_dir = Path(run_dir)
+    summary = read_run_summary(run_dir)
+    settings, resolved = summary["settings"], summary.get("resolved", {})
+    path = Path(adata) if adata is not None else Path(summary["input"]["path"])
+    data = open_perturbation_adata(
+        path,
+        perturbation_key=resolved.get("perturbation_key"),
+        control_label=resolved.get("control_label"),
+        layer=settings.get("layer"),
+        min_cells=settings.get("min_cells", 20),
+    )
+    recorded = summary.get("input", {}).get("sha256")
+    if check_input and recorded and data.sha256 != recorded:
+        raise InputError(
+            f"{path} is not the file run {run_dir} was trained on (its SHA-256 differs from run.json's); "
+            "pass the original with --adata"
+        )
+    split = None
+    train_adata = data.adata
+    if (run_dir / "split.csv").exists():
+        split = pd.read_csv(run_dir / "split.csv", index_col=0)["part"].astype(str)
+        missing = split.index.difference(data.adata.obs_names)
+        if len(missing):
+            raise InputError(f"{len(missing)} cells of {run_dir / 'split.csv'} are not in {path}")
+        split = split.reindex(data.adata.obs_names)
+        train_adata = data.adata[split.isin(["train", "validation"]).to_numpy()].copy()
+    model_name = settings["model"]
+    if model_name not in MODELS:
+        raise InputError(f"run {run_dir} holds an unknown model {model_name!r}")
+    try:
+        model = MODELS[model_name].load(str(run_dir / "model"), adata=train_adata)
+    except ValueError as err:  # scvi-tools: other genes, another class, ...
+        raise InputError(f"cannot load the model of {run_dir}: {err}") from None
+    if split is not None:
+        codes = {name: i for i, name in enumerate(train_adata.obs_names)}
+        model.validation_indices = np.array(
+            sorted(codes[c] for c in split.index[split == "validation"]), dtype=np.int64
+        )
+        model.train_indices = np.array(sorted(codes[c] for c in split.index[split == "train"]), dtype=np.int64)
+    latent = ad.read_h5ad(run_dir / "latent.h5ad")
+    graph = pd.read_csv(run_dir / "intervention_graph.csv", index_col=0)
+    return LoadedRun(run_dir, summary, model, train_adata, data, latent, graph, split)
