@@ -10,6 +10,10 @@ from typing import Annotated
 
 import typer
 
+from . import benchmark as _benchmark
+from . import clusters as _clusters
+from . import evaluate as _evaluate
+from . import score as _score
 from . import simulate as _simulate
 from . import train as _train
 
@@ -49,6 +53,10 @@ def _root(
 
 app.command("simulate")(_simulate.simulate)
 app.command("train")(_train.train)
+app.command("clusters")(_clusters.clusters)
+app.command("evaluate")(_evaluate.evaluate)
+app.command("score")(_score.score)
+app.command("benchmark")(_benchmark.benchmark)
 
 
 def main() -> None:  # console-script entry point
