@@ -367,14 +367,18 @@ class SVAEPlus(PerturbationModelBase):
         reference implementation's default, which gives no sparsity).  The penalty is a
         prior on the whole screen: an edge is kept when the cells of its perturbation gain
         more than about ``K`` nats from it.
-    temperature
-        Gumbel-sigmoid temperature of the relaxed masks.
     mask_init_logit
         Initial logit of every mask probability (3.0: ``pi = 0.95``, every edge on at first).
     kl_estimator
-        ``"gumbel"`` (the paper's): the KL to ``N(gamma mu, I)`` with masks sampled by a
-        straight-through Gumbel-sigmoid; ``"mixture"``: a one-sample Monte Carlo KL to the
-        exact mixture marginal (no mask sampling).
+        ``"mixture"`` (default): a one-sample Monte Carlo KL to the exact mixture marginal
+        ``prod_i [pi_i N(mu_i, 1) + (1 - pi_i) N(0, 1)]``, no mask sampling, so the mask
+        probabilities get the exact gradient of the ELBO; ``"gumbel"`` (the paper's): the KL to
+        ``N(gamma mu, I)`` with masks sampled by a straight-through Gumbel-sigmoid, whose
+        gradient for a mask vanishes as its probability nears 1 while the Beta penalty's does
+        not.  On the paper's simulation (100 epochs) the mixture estimator recovered
+        MCC 0.97 / graph F1 1.00 against 0.87 / 0.91 (``workflows/recovery_sweep.md``).
+    temperature
+        Gumbel-sigmoid temperature of the relaxed masks (``kl_estimator="gumbel"`` only).
 {_KWARGS_DOC}
     """
 
@@ -386,7 +390,7 @@ class SVAEPlus(PerturbationModelBase):
         beta_k: float = 100.0,
         temperature: float = 1.0,
         mask_init_logit: float = 3.0,
-        kl_estimator: Literal["gumbel", "mixture"] = "gumbel",
+        kl_estimator: Literal["gumbel", "mixture"] = "mixture",
         **module_kwargs,
     ):
         n_pert = self._init_base(adata)
@@ -418,6 +422,8 @@ class SVAE(PerturbationModelBase):
         Gumbel-sigmoid temperature of the relaxed masks.
     mask_init_logit
         Initial logit of every mask probability.
+    kl_estimator
+        As for :class:`SVAEPlus` (the same default, so that only the penalty differs).
 {_KWARGS_DOC}
     """
 
@@ -429,12 +435,13 @@ class SVAE(PerturbationModelBase):
         sparsity_penalty: float = 100.0,
         temperature: float = 1.0,
         mask_init_logit: float = 3.0,
+        kl_estimator: Literal["gumbel", "mixture"] = "mixture",
         **module_kwargs,
     ):
         n_pert = self._init_base(adata)
         prior = SparseShiftPrior(
             n_latent, n_pert, sparsity="l1", l1_strength=sparsity_penalty,
-            temperature=temperature, mask_init_logit=mask_init_logit,
+            temperature=temperature, mask_init_logit=mask_init_logit, kl_estimator=kl_estimator,
         )
         self._build(prior, n_latent, likelihood, module_kwargs)
         self._model_summary_string = (

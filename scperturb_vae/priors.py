@@ -144,12 +144,20 @@ class SparseShiftPrior(Prior):
     and latent.  A cell with several perturbations (``A+B``) adds their shifts; a latent is
     shifted when any of the masks is on (the union of the masks).  Controls get ``N(0, I)``.
 
-    Training (``kl``): masks are sampled per cell by a Gumbel-sigmoid with ``temperature``,
-    hard with straight-through gradients (``hard=True``), and the Gaussian KL to
-    ``N(sum_a gamma^a mu^a, I)`` is exact.  The prior marginal (``log_prob``) is exact: masks
-    are independent per latent, so ``p(z_i | a)`` is a mixture over the ``2^k`` mask
-    configurations of the cell's ``k`` perturbations (two components for a single
-    perturbation), evaluated without sampling.
+    The prior marginal (``log_prob``) is exact: masks are independent per latent, so
+    ``p(z_i | a)`` is a mixture over the ``2^k`` mask configurations of the cell's ``k``
+    perturbations (two components for a single perturbation), evaluated without sampling.
+
+    Training (``kl``), two estimators:
+
+    - ``kl_estimator="mixture"`` (default): ``log q(z | x) - log p(z | a)`` at the posterior
+      sample ``z``, with the exact mixture marginal: an unbiased one-sample estimate of the
+      KL whose gradient for the mask logits is the ELBO's own.
+    - ``kl_estimator="gumbel"`` (the paper's): masks sampled per cell by a Gumbel-sigmoid with
+      ``temperature``, hard with straight-through gradients (``hard=True``), and the exact
+      Gaussian KL to ``N(sum_a gamma^a mu^a, I)``.  Its gradient for a mask whose probability
+      is near 1 comes only from the rare off samples, while the Beta penalty pushes with full
+      strength, so true edges are under-kept (recovery sweep: MCC 0.87 against 0.97).
 
     Sparsity (``penalty``):
 
@@ -174,7 +182,7 @@ class SparseShiftPrior(Prior):
         hard: bool = True,
         mask_init_logit: float = 3.0,
         shift_init_scale: float = 0.1,
-        kl_estimator: str = "gumbel",
+        kl_estimator: str = "mixture",
     ):
         super().__init__()
         if kl_estimator not in ("gumbel", "mixture"):

@@ -126,7 +126,7 @@ def test_ivae_kl_is_exact_against_its_log_prob():
 
 def test_sparse_kl_expectation_over_gumbel_masks():
     """Training KL (hard Gumbel-sigmoid masks) is unbiased for E_gamma KL(q || N(gamma mu, 1))."""
-    prior = _sparse_prior(n_latent=2, n_pert=1)
+    prior = _sparse_prior(n_latent=2, n_pert=1, kl_estimator="gumbel")
     prior.train()
     idx = torch.zeros(50_000, 1, dtype=torch.long)
     qz = Normal(torch.full((50_000, 2), 0.5, dtype=torch.float64), torch.full((50_000, 2), 0.8, dtype=torch.float64))
@@ -137,6 +137,24 @@ def test_sparse_kl_expectation_over_gumbel_masks():
     off = gaussian_kl(qz.loc[0], qz.scale[0] ** 2, 0.0, 1.0)
     expected = (pi * on + (1 - pi) * off).sum()
     assert abs(mc.item() - expected.item()) < 0.05 * expected.item()
+
+
+def test_sparse_mixture_kl_is_unbiased_for_the_kl_to_the_exact_mixture():
+    """The default estimator: E_{z~q}[log q(z) - log p(z|a)] = KL(q || mixture), by quadrature."""
+    prior = _sparse_prior(n_latent=1, n_pert=1)
+    assert prior.kl_estimator == "mixture"
+    prior.train()
+    qz = Normal(torch.tensor([[1.2]], dtype=torch.float64), torch.tensor([[0.6]], dtype=torch.float64))
+    torch.manual_seed(0)
+    z = qz.sample((200_000,)).view(-1, 1)
+    idx = torch.zeros(len(z), 1, dtype=torch.long)
+    q_many = Normal(qz.loc.expand(len(z), 1), qz.scale.expand(len(z), 1))
+    mc = prior.kl(q_many, z, idx).mean()
+    grid = torch.linspace(-8, 10, 20001, dtype=torch.float64).view(-1, 1)
+    log_q = qz.log_prob(grid)
+    log_p = prior.log_prob(grid, torch.zeros(len(grid), 1, dtype=torch.long))
+    exact = (log_q.exp() * (log_q - log_p)).sum() * (grid[1] - grid[0])
+    assert abs(mc.item() - exact.item()) < 0.01 + 0.01 * abs(exact.item()), (mc.item(), exact.item())
 
 
 def test_gumbel_sigmoid_hard_is_bernoulli_with_straight_through_gradient():
