@@ -13,6 +13,7 @@ import typer
 from . import benchmark as _benchmark
 from . import clusters as _clusters
 from . import evaluate as _evaluate
+from . import interpret as _interpret
 from . import score as _score
 from . import simulate as _simulate
 from . import train as _train
@@ -54,6 +55,7 @@ def _root(
 app.command("simulate")(_simulate.simulate)
 app.command("train")(_train.train)
 app.command("clusters")(_clusters.clusters)
+app.command("interpret")(_interpret.interpret)
 app.command("evaluate")(_evaluate.evaluate)
 app.command("score")(_score.score)
 app.command("benchmark")(_benchmark.benchmark)
