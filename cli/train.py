@@ -122,11 +122,16 @@ def train(
                    f"in {s['timing']['train_seconds']:.1f} s ({s['timing']['seconds_per_epoch']:.2f} s/epoch)")
         typer.echo(f"graph: {g['edges_above_0.5']} of {g['n_perturbations'] * g['n_latent']} perturbation x latent "
                    f"probabilities > 0.5; {100 * g['fraction_below_0.05']:.1f}% < 0.05")
+        dg = s.get("diagnostics") or {}
+        if dg:
+            typer.echo(f"posterior: {dg['active_units']} of {g['n_latent']} latents active (Var E[z|x] > "
+                       f"{dg['active_threshold']}); KL {dg['kl_total']:.2f} nats per cell; "
+                       f"mutual information I(x; z) {dg['mutual_information']:.2f} nats")
         r = s["recovery"]
         if r is not None:
-            typer.echo(f"recovery of the simulated truth: MCC {r['mcc_pearson']:.3f} (Pearson), "
-                       f"{r['mcc_spearman']:.3f} (Spearman); graph precision {r['graph_precision']:.3f}, "
-                       f"recall {r['graph_recall']:.3f}, F1 {r['graph_f1']:.3f}")
+            from scperturb_vae.benchmark import format_recovery
+
+            typer.echo("recovery of the simulated truth: " + format_recovery(r))
         v = s["validation_likelihood"]
         if v is not None:
             typer.echo(f"validation NLL: {v['nll_mean']:.2f} +- {v['nll_stderr_mc']:.2f} nats per cell "

@@ -300,6 +300,15 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def format_recovery(r: dict[str, Any]) -> str:
+    """A :func:`~scperturb_vae.metrics.recovery_summary` in one line."""
+    return (
+        f"MCC {_fmt(r.get('mcc_pearson'))} (Pearson), {_fmt(r.get('mcc_spearman'))} (Spearman); "
+        f"R^2 {_fmt(r.get('r2'))}; MIG {_fmt(r.get('mig'))}; graph precision {_fmt(r.get('graph_precision'))}, "
+        f"recall {_fmt(r.get('graph_recall'))}, F1 {_fmt(r.get('graph_f1'))}, AUROC {_fmt(r.get('graph_auroc'))}"
+    )
+
+
 def format_score(score: dict[str, Any]) -> list[str]:
     """The figures of :func:`score_run`, one line each, for a terminal."""
     lines = [

@@ -282,6 +282,9 @@ def _fit(settings: TrainSettings, data: PerturbationData, progress_bar: bool, pa
     graph = model.get_intervention_graph(latent=latent)
 
     validation_ll = _validation_likelihood(model, settings)
+    from .metrics import posterior_collapse
+
+    diagnostics = posterior_collapse(model, seed=settings.seed)
 
     hist = _history_frame(model.history)
     summary: dict[str, Any] = {
@@ -309,6 +312,7 @@ def _fit(settings: TrainSettings, data: PerturbationData, progress_bar: bool, pa
         "validation_likelihood": validation_ll,
         "final_metrics": _final_metrics(hist),
         "graph": _graph_summary(graph),
+        "diagnostics": diagnostics,
         "recovery": _recovery(adata, latent, graph),
     }
 

@@ -1,8 +1,10 @@
-"""`make demo`'s job in its quick mode: simulate, train sVAE+, score, print."""
+"""`make demo`'s job in its quick mode: simulate, train, score, evaluate held-out perturbations, interpret."""
 
 from __future__ import annotations
 
 import json
+
+import pandas as pd
 
 from scperturb_vae.demo import main
 
@@ -10,8 +12,15 @@ from scperturb_vae.demo import main
 def test_demo_quick_runs_end_to_end(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "demo"), "--quick", "--max-epochs", "5"]) == 0
     out = capsys.readouterr().out
-    assert "[3/3] results" in out and "MCC (Pearson)" in out
-    run = tmp_path / "demo" / "runs" / "svae_plus"
+    for step in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"):
+        assert step in out
+    assert "MCC" in out and "heldout_adapted" in out and "top enriched set" in out
+    demo = tmp_path / "demo"
+    run = demo / "evaluation" / "runs" / "svae_plus"
     summary = json.loads((run / "run.json").read_text())
     assert summary["model_class"] == "SVAEPlus" and summary["resolved"]["max_epochs"] == 5
-    assert (tmp_path / "demo" / "sim.h5ad").exists() and (run / "loss_curve.png").exists()
+    assert summary["holdout"]["perturbations"] and summary["recovery"]["mcc_pearson"] > 0
+    table = pd.read_csv(demo / "evaluation" / "nll.csv")
+    assert set(table["model"]) == {"svae+", "vae"} and table["nll"].notna().all()
+    assert (demo / "interpretation" / "summary.md").exists()
+    assert (demo / "interpretation" / "enrichment.csv").exists()
