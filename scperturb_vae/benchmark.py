@@ -39,7 +39,6 @@ from .io import atomic_dir, atomic_path, check_output
 logger = logging.getLogger("scperturb_vae")
 
 __all__ = [
-    "RUN_FILES",
     "SUMMARY_METRICS",
     "QUICK_SIZES",
     "QUICK_EPOCHS",
@@ -55,7 +54,8 @@ __all__ = [
 ]
 
 #: the files of a run folder that scoring reads
-RUN_FILES = ("latent.h5ad", "intervention_graph.csv", "run.json")
+#: what scoring reads from a run folder
+SCORE_FILES = ("latent.h5ad", "intervention_graph.csv", "run.json")
 
 #: metrics summarised per model (mean and sd over seeds), in table order
 SUMMARY_METRICS: dict[str, str] = {
@@ -148,15 +148,10 @@ class _Run:
 def _read_run(run_dir: str | Path) -> _Run:
     """The posterior means, the graph and run.json of a run folder."""
     from .data import _short_reason
+    from .run import read_run_summary
 
     run_dir = Path(run_dir)
-    if not run_dir.exists():
-        raise InputError(f"run folder {run_dir} does not exist")
-    if not run_dir.is_dir():
-        raise InputError(f"{run_dir} is not a run folder (a folder written by scvae train)")
-    missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
-    if missing:
-        raise InputError(f"run folder {run_dir} is incomplete: {', '.join(missing)} missing")
+    info = read_run_summary(run_dir, required=SCORE_FILES)
     import anndata
 
     try:
@@ -165,12 +160,6 @@ def _read_run(run_dir: str | Path) -> _Run:
         raise
     except Exception as error:
         raise InputError(f"cannot read {run_dir / 'latent.h5ad'}: {_short_reason(error)}") from error
-    try:
-        info = json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError) as error:
-        raise InputError(f"cannot read {run_dir / 'run.json'}: {_short_reason(error)}") from error
-    if not isinstance(info, dict):
-        raise InputError(f"{run_dir / 'run.json'} does not hold a JSON object")
     try:
         graph = pd.read_csv(run_dir / "intervention_graph.csv", index_col=0)
     except Exception as error:

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .data import COMBINATION_SEP, split_combination
+from .data import COMBINATION_SEP, _preview, split_combination
 from .errors import InputError
 from .io import atomic_path
 
@@ -94,19 +94,9 @@ _DESCRIPTION_COLUMN_CANDIDATES: tuple[str, ...] = (
 
 _CHUNK_ROWS = 10_000
 _SNIFF_BYTES = 64 * 1024
-_MAX_LISTED = 8
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _preview(items: Iterable[Any], limit: int = _MAX_LISTED) -> str:
-    """Join up to ``limit`` items with commas, noting how many there are in all."""
-    items = [str(item) for item in items]
-    text = ", ".join(items[:limit])
-    if len(items) > limit:
-        text += f", ... ({len(items)} in all)"
-    return text
 
 
 def _natural_key(name: str) -> tuple:

@@ -242,7 +242,9 @@ def _evaluate_model(ev: _Evaluated, data, spec, split: pd.Series, settings: Eval
     ll0, se0 = score(zero_module)
     seconds_zero = time.perf_counter() - t0
     results = {}
-    for n in settings.fewshot:
+    # "all" adaptation cells is the heldout_adapted setting: computed even when not on the curve
+    shots = list(settings.fewshot) + ([] if "all" in settings.fewshot else ["all"])
+    for n in shots:
         if n == 0:
             results[0] = (ll0, se0, {"adapted": False, "n_cells": 0})
             continue
@@ -258,11 +260,6 @@ def _evaluate_model(ev: _Evaluated, data, spec, split: pd.Series, settings: Eval
         if n == "all":
             adapt_info = info
             adapted_module = module
-    if "all" not in results:
-        module = extended_module(model, len(new))
-        adapt_info = adapt_prior(module, adapt_all, n_steps=settings.adapt_steps, seed=settings.seed)
-        results["all"] = (*score(module), adapt_info) if adapt_info["adapted"] else (ll0, se0, adapt_info)
-        adapted_module = module
     ll1, se1, _ = results["all"]
 
     # held-in: validation cells of the training perturbations (never trained on)
@@ -284,7 +281,8 @@ def _evaluate_model(ev: _Evaluated, data, spec, split: pd.Series, settings: Eval
             nll, err = mean_and_stderr(g["ll"].to_numpy(), g["se"].to_numpy())
             per_pert.append({"model": ev.name, "setting": setting, "perturbation": pert, "nll": nll,
                              "stderr": err, "n_cells": int(len(g))})
-    for n, (ll, se, info) in results.items():
+    for n in settings.fewshot:
+        ll, se, info = results[n]
         nll, err = mean_and_stderr(ll, se)
         n_cells = int(info.get("n_cells", 0))
         fewshot.append({"model": ev.name, "adaptation_cells_per_perturbation": n, "n_adaptation_cells": n_cells,

@@ -134,7 +134,7 @@ def resolve_holdout(
         members = _clusters.cluster_members(table)
         holdout = str(holdout)
         if holdout not in members:
-            available = ", ".join(sorted(members, key=_cluster_sort_key)[:12])
+            available = ", ".join(sorted(members, key=_clusters._natural_key)[:12])
             where = f"the table {clusters}" if clusters is not None else f"the {len(members)} computed clusters"
             raise InputError(f"unknown cluster {holdout!r}; {where} are named {available}")
         chosen = sorted(set(members[holdout]) & known)
@@ -147,11 +147,6 @@ def resolve_holdout(
             "nothing would be left to train the perturbation parameters on"
         )
     return spec
-
-
-def _cluster_sort_key(name: str):
-    digits = "".join(ch for ch in name if ch.isdigit())
-    return (0, int(digits), name) if digits else (1, 0, name)
 
 
 # --------------------------------------------------------------------------- which cells

@@ -414,21 +414,25 @@ class LoadedRun:
 RUN_FILES = ("run.json", "latent.h5ad", "intervention_graph.csv", "model")
 
 
-def read_run_summary(run_dir: str | Path) -> dict[str, Any]:
-    """``run.json`` of a run folder, with one-line errors for a folder that is not a run."""
+def read_run_summary(run_dir: str | Path, required: tuple[str, ...] = RUN_FILES) -> dict[str, Any]:
+    """``run.json`` of a run folder, with one-line errors for a folder that is not a run.
+
+    ``required`` names the entries the caller needs (default: all of :data:`RUN_FILES`).
+    """
     run_dir = Path(run_dir)
     if not run_dir.exists():
         raise InputError(f"run folder {run_dir} does not exist")
     if not run_dir.is_dir():
         raise InputError(f"{run_dir} is not a run folder (a folder made by scvae train)")
-    missing = [name for name in RUN_FILES if not (run_dir / name).exists()]
+    missing = [name for name in required if not (run_dir / name).exists()]
     if missing:
-        raise InputError(f"{run_dir} is not a complete run folder: {', '.join(missing)} missing")
+        raise InputError(f"run folder {run_dir} is incomplete: {', '.join(missing)} missing")
     try:
         summary = json.loads((run_dir / "run.json").read_text())
-        summary["settings"]["model"]
-    except (ValueError, KeyError, TypeError) as err:
+    except (OSError, ValueError) as err:
         raise InputError(f"{run_dir / 'run.json'} cannot be read ({type(err).__name__}); is it a run folder?") from None
+    if not isinstance(summary, dict):
+        raise InputError(f"{run_dir / 'run.json'} does not hold a JSON object; is it a run folder?")
     return summary
 
 
@@ -447,7 +451,11 @@ def load_run(run_dir: str | Path, adata: str | Path | None = None, *, check_inpu
 
     run_dir = Path(run_dir)
     summary = read_run_summary(run_dir)
-    settings, resolved = summary["settings"], summary.get("resolved", {})
+    try:
+        settings, resolved = summary["settings"], summary.get("resolved", {})
+        settings["model"]
+    except (KeyError, TypeError) as err:
+        raise InputError(f"{run_dir / 'run.json'} cannot be read ({type(err).__name__}); is it a run folder?") from None
     path = Path(adata) if adata is not None else Path(summary["input"]["path"])
     data = open_perturbation_adata(
         path,
