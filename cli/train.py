@@ -58,7 +58,13 @@ def train(
     adapt_fraction: AdaptFractionOpt = 0.5,
     seed: SeedOpt = 0,
     accelerator: Annotated[str, typer.Option("--accelerator", help="Lightning accelerator: auto, cpu, gpu, mps.")] = "auto",
-    devices: Annotated[str, typer.Option("--devices", help="Lightning devices: auto, or a number.")] = "auto",
+    devices: Annotated[str, typer.Option("--devices", help="Lightning devices: auto, or a number (with --strategy ddp: processes on CPU, GPUs otherwise).")] = "auto",
+    strategy: Annotated[
+        Optional[str],
+        typer.Option("--strategy", help="Lightning strategy, e.g. ddp to train on --devices N processes [default: Lightning's choice].", show_default=False),
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run of OUT from its last checkpoint (same command otherwise).")] = False,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Save a checkpoint for --resume every this many epochs.")] = 1,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -71,6 +77,9 @@ def train(
     With --holdout CLUSTER or --holdout-perturbations A,B the held-out perturbations' cells
     are left out of training, split into adaptation and evaluation cells, and the split is
     written to OUT/split.csv; scvae evaluate --model OUT reuses the model.
+
+    A checkpoint is kept in .OUT.checkpoint/ while training: after Ctrl-C or a crash, the
+    same command with --resume continues from the last saved epoch.
 
     Examples:
 
@@ -111,10 +120,15 @@ def train(
             overwrite=overwrite, ll_cells=ll_cells, model_kwargs=model_kwargs,
             holdout=holdout, holdout_perturbations=split_list(holdout_perturbations),
             clusters=None if clusters is None else str(clusters), n_clusters=n_clusters,
-            adapt_fraction=adapt_fraction,
+            adapt_fraction=adapt_fraction, resume=resume, checkpoint_every=checkpoint_every, strategy=strategy,
         )
         quiet_third_party_warnings()
-        result = train_run(settings, progress_bar=progress)
+        try:
+            result = train_run(settings, progress_bar=progress)
+        except KeyboardInterrupt:
+            _interrupted(out)
+        if result is None:  # a non-zero rank of a multi-process run: rank 0 writes and reports
+            return
         s = result.summary
         g = s["graph"]
         typer.echo(f"trained {s['model_class']} on {s['resolved']['n_cells']} cells x {s['resolved']['n_genes']} genes "
@@ -143,3 +157,17 @@ def train(
                        f"and {n['heldout_eval']} evaluation cells, not trained on (split.csv)")
         typer.echo(f"wrote {result.out}/ (model/, latent.h5ad, intervention_graph.csv, history.csv, loss_curve.png, run.json"
                    f"{', split.csv' if h is not None else ''})")
+
+
+def _interrupted(out: Path) -> None:
+    """Ctrl-C: one line saying what is kept, exit 130."""
+    from scperturb_vae.run import checkpoint_dir
+    from scperturb_vae.training import read_checkpoint_progress
+
+    progress = read_checkpoint_progress(checkpoint_dir(out))
+    if progress and progress.get("epoch"):
+        typer.echo(f"interrupted: {out} was not written; the checkpoint of epoch {progress['epoch']} of "
+                   f"{progress['max_epochs']} is kept: run the same command with --resume to continue", err=True)
+    else:
+        typer.echo(f"interrupted: {out} was not written", err=True)
+    raise typer.Exit(130)

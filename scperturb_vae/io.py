@@ -1,7 +1,8 @@
 """Atomic outputs: a result appears under its final name complete, or not at all.
 
 Files are written to a temporary sibling and moved into place with :func:`os.replace`;
-run folders are built in a temporary sibling folder and renamed.  An existing output is
+run folders are built in a temporary sibling folder and renamed (a temporary folder left by
+a killed process is removed by the next write of the same output).  An existing output is
 refused unless ``overwrite`` is given, and then it is only removed after the new one is
 complete.
 """
@@ -9,9 +10,11 @@ complete.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,11 +84,15 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     """
     path = check_output(path, overwrite)
     _make_parent(path)
+    _remove_stale(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+    owner = tmp / _OWNER
+    owner.write_text(f"{socket.gethostname()} {os.getpid()}\n")
     old = None
     try:
         yield tmp
+        owner.unlink(missing_ok=True)
         if path.exists():
             if not overwrite:
                 raise OutputError(f"{path} exists already; pass --overwrite to replace it")
@@ -97,6 +104,38 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
             shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+_OWNER = ".scvae-owner"
+
+
+def _remove_stale(path: Path) -> None:
+    """Remove temporary folders of ``path`` left by a killed process of this machine.
+
+    A temporary folder names its writer (host and process id) in ``.scvae-owner``; one
+    whose process is gone was never completed and is removed.  Folders of live processes,
+    of other machines, or without an owner file are left alone.
+    """
+    host = socket.gethostname()
+    for candidate in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            owner_host, pid = (candidate / _OWNER).read_text().split()
+            pid = int(pid)
+        except (OSError, ValueError):
+            continue
+        if owner_host != host or pid == os.getpid() or _alive(pid):
+            continue
+        shutil.rmtree(candidate, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_json(data: Any, path: str | os.PathLike) -> None:

@@ -254,6 +254,38 @@ class PerturbationModelBase(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
             m.running_mean.copy_(mean.to(m.running_mean.dtype))
             m.running_var.copy_(var.to(m.running_var.dtype))
 
+    # --------------------------------------------------------------- saving
+    def save(self, dir_path, prefix: str | None = None, overwrite: bool = False, save_anndata: bool = False,
+             **kwargs) -> None:
+        """Save the model without pickle: ``weights.pt`` (tensors only) and ``model.json``.
+
+        See :mod:`scperturb_vae.persist`.  The folder is written atomically; an existing one
+        is refused unless ``overwrite``.  ``save_anndata`` also writes ``adata.h5ad``.
+        """
+        from .persist import save_model
+
+        if prefix:
+            raise TypeError("prefix is not supported: a model folder holds one model")
+        save_model(self, dir_path, overwrite=overwrite, save_anndata=save_anndata)
+
+    @classmethod
+    def load(cls, dir_path, adata: AnnData | None = None, accelerator: str = "auto", device: int | str = "auto",
+             **kwargs):
+        """Load a model saved by :meth:`save` onto ``adata``, never unpickling.
+
+        ``adata`` must hold the model's genes in the model's order; it is set up again with
+        the saved registry (perturbation column, control label, label codes of training).
+        Incompatible folders (another class, a newer format, an older pickled ``model.pt``,
+        other genes, weights of another shape) raise :class:`~scperturb_vae.errors.InputError`
+        with one line.
+        """
+        from .persist import load_model
+
+        unknown = set(kwargs) - {"prefix", "backup_url"}
+        if unknown or kwargs.get("prefix") or kwargs.get("backup_url"):
+            raise TypeError(f"unsupported load option(s): {sorted(kwargs)}")
+        return load_model(cls, dir_path, adata, accelerator=accelerator, device=device)
+
     # --------------------------------------------------------------- outputs
     @torch.inference_mode()
     def get_marginal_ll(

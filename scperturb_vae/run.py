@@ -4,8 +4,9 @@ This is what ``scvae train`` does, as a library function (:func:`train_run`) so 
 and other commands get the same outputs.  The run folder ``runs/NAME/`` holds:
 
 ``model/``
-    The scvi-tools model, loadable with ``SVAEPlus.load("runs/NAME/model", adata=adata)``
-    (the class is named in ``run.json``; the AnnData is the input, set up again on load).
+    The model: ``weights.pt`` (tensors only) and ``model.json`` (see :mod:`scperturb_vae.persist`),
+    loadable with ``SVAEPlus.load("runs/NAME/model", adata=adata)`` or :func:`load_run` (the
+    class is named in ``run.json``; the AnnData is the input, set up again on load).
 ``latent.h5ad``
     ``X`` = posterior means (cells x latents), ``obs`` copied from the input, ``var_names``
     the latent names, ``uns["scvae"]`` the intervention graph and the run's settings.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -77,8 +79,14 @@ class TrainSettings:
     #: a cluster table for ``holdout`` (default: clusters computed from the data)
     clusters: str | None = None
     n_clusters: int = 8
-    #: fraction of each held-out perturbation's cells used for adaptation (the rest evaluate)
+    #: fraction of each held-out perturbations' cells used for adaptation (the rest evaluate)
     adapt_fraction: float = 0.5
+    #: continue an interrupted run of ``out`` from its last checkpoint
+    resume: bool = False
+    #: save a checkpoint (for ``resume``) every this many epochs
+    checkpoint_every: int = 1
+    #: Lightning strategy (e.g. ``ddp``); None lets Lightning choose
+    strategy: str | None = None
 
     @property
     def has_holdout(self) -> bool:
@@ -101,6 +109,8 @@ class TrainSettings:
             raise InputError(f"--n-clusters must be at least 1, not {self.n_clusters}")
         if not 0.0 < self.adapt_fraction < 1.0:
             raise InputError(f"--adapt-fraction must be between 0 and 1, not {self.adapt_fraction}")
+        if self.checkpoint_every < 1:
+            raise InputError(f"--checkpoint-every must be at least 1, not {self.checkpoint_every}")
 
 
 @dataclass
@@ -234,7 +244,13 @@ def _holdout_split(settings: TrainSettings, data: PerturbationData):
     return spec, parts
 
 
-def _fit(settings: TrainSettings, data: PerturbationData, progress_bar: bool, parts: pd.Series | None = None):
+def _fit(
+    settings: TrainSettings,
+    data: PerturbationData,
+    progress_bar: bool,
+    parts: pd.Series | None = None,
+    checkpoint_dir: Path | None = None,
+):
     """Set up, train and summarise one model (no files written).
 
     With ``parts`` (a held-out split), only the ``train`` cells are set up and trained on;
@@ -260,16 +276,42 @@ def _fit(settings: TrainSettings, data: PerturbationData, progress_bar: bool, pa
     model = cls(adata, n_latent=settings.n_latent, likelihood=settings.likelihood, **settings.model_kwargs)
     logger.info(str(model._model_summary_string))
 
+    trainer_kwargs: dict[str, Any] = {}
+    resumed_from = None
+    saver = None
+    if checkpoint_dir is not None:
+        from .training import EpochCheckpoint, read_checkpoint_progress
+
+        saver = EpochCheckpoint(checkpoint_dir, settings.checkpoint_every)
+        trainer_kwargs["callbacks"] = [saver]
+        if settings.resume:
+            trainer_kwargs["ckpt_path"] = str(_safe_checkpoint(checkpoint_dir))
+            resumed_from = (read_checkpoint_progress(checkpoint_dir) or {}).get("epoch")
+            logger.info(f"resuming from the checkpoint of epoch {resumed_from} in {checkpoint_dir}")
+    if settings.strategy is not None:
+        trainer_kwargs["strategy"] = settings.strategy
+
     start = time.perf_counter()
-    model.train(
-        max_epochs=settings.max_epochs,
-        batch_size=settings.batch_size,
-        lr=settings.lr,
-        accelerator=settings.accelerator,
-        devices=_devices(settings.devices),
-        enable_progress_bar=progress_bar,
-        check_val_every_n_epoch=1,  # validation curves in history.csv and loss_curve.png
-    )
+    try:
+        with _no_scvi_exception_print():
+            model.train(
+                max_epochs=settings.max_epochs,
+                batch_size=settings.batch_size,
+                lr=settings.lr,
+                accelerator=settings.accelerator,
+                devices=_devices(settings.devices),
+                enable_progress_bar=progress_bar,
+                check_val_every_n_epoch=1,  # validation curves in history.csv and loss_curve.png
+                **trainer_kwargs,
+            )
+    except SystemExit:
+        # Lightning answers Ctrl-C with a graceful shutdown, SIGINT ignored, and sys.exit(1)
+        if saver is not None and saver.interrupted:
+            import signal
+
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt from None
+        raise
     seconds = time.perf_counter() - start
     epochs = int(model.history["elbo_train"].shape[0]) if "elbo_train" in model.history else 0
     if parts is not None:
@@ -306,8 +348,9 @@ def _fit(settings: TrainSettings, data: PerturbationData, progress_bar: bool, pa
         "command": sys.argv,
         "timing": {
             "train_seconds": round(seconds, 3),
-            "seconds_per_epoch": round(seconds / max(epochs, 1), 4),
+            "seconds_per_epoch": round(seconds / max(epochs - (resumed_from or 0), 1), 4),
             "torch_threads": torch.get_num_threads(),
+            "resumed_from_epoch": resumed_from,
         },
         "validation_likelihood": validation_ll,
         "final_metrics": _final_metrics(hist),
@@ -333,6 +376,114 @@ def _fit(settings: TrainSettings, data: PerturbationData, progress_bar: bool, pa
     }
 
     return model, summary, latent_adata, hist, graph, parts
+
+
+class _DropScviExceptionPrint:
+    """stdout minus the line scvi-tools prints when training raises (Ctrl-C included)."""
+
+    PREFIX = "Exception raised during training."
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._dropped = False
+
+    def write(self, text: str) -> int:
+        if text.startswith(self.PREFIX):
+            self._dropped = True
+            return len(text)
+        if self._dropped and text == "\n":
+            self._dropped = False
+            return len(text)
+        self._dropped = False
+        return self._stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _no_scvi_exception_print():
+    import contextlib
+
+    return contextlib.redirect_stdout(_DropScviExceptionPrint(sys.stdout))
+
+
+# --------------------------------------------------------------------------- checkpoints (--resume)
+#: settings that may differ between an interrupted run and its resumption
+_RESUME_FREE = ("overwrite", "resume", "accelerator", "devices", "strategy")
+
+
+def checkpoint_dir(out: str | Path) -> Path:
+    """Where the checkpoints of the run ``out`` live while it trains: ``.NAME.checkpoint`` beside it.
+
+    The folder survives an interruption (so ``--resume`` can continue) and is removed when
+    the run completes.
+    """
+    out = Path(out)
+    return out.parent / f".{out.name}.checkpoint"
+
+
+def _settings_record(settings: TrainSettings) -> dict[str, Any]:
+    record = asdict(settings)
+    for key in _RESUME_FREE:
+        record.pop(key, None)
+    return json.loads(json.dumps(record, default=str))
+
+
+def _safe_checkpoint(directory: Path) -> Path:
+    """The checkpoint file, after checking it holds nothing but plain data (no pickled objects)."""
+    import torch
+
+    from .training import EpochCheckpoint
+
+    path = directory / EpochCheckpoint.FILE
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - whatever torch raises for a damaged or unsafe file
+        raise InputError(
+            f"the checkpoint {path} cannot be loaded safely ({type(err).__name__}); "
+            "start again with --overwrite instead of --resume"
+        ) from None
+    return path
+
+
+def _prepare_checkpoints(settings: TrainSettings, out: Path, sha256: str) -> Path:
+    """Create (or, with ``resume``, check) the checkpoint folder of ``out``."""
+    from .errors import OutputError
+    from .training import read_checkpoint_progress
+
+    directory = checkpoint_dir(out)
+    progress = read_checkpoint_progress(directory)
+    record = {"settings": _settings_record(settings), "input_sha256": sha256}
+    if settings.resume:
+        if progress is None:
+            raise InputError(f"there is no interrupted run of {out} to resume (no checkpoint in {directory})")
+        try:
+            saved = json.loads((directory / "run_settings.json").read_text())
+        except (OSError, ValueError):
+            raise InputError(f"the checkpoint folder {directory} is damaged (run_settings.json); start again with --overwrite") from None
+        if saved.get("input_sha256") != sha256:
+            raise InputError(f"{settings.adata} is not the file the interrupted run of {out} was training on (SHA-256 differs)")
+        old, new = saved.get("settings", {}), record["settings"]
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if changed:
+            shown = ", ".join(f"{k} ({old.get(k)!r} then, {new.get(k)!r} now)" for k in changed[:4])
+            raise InputError(f"--resume needs the interrupted run's settings; these differ: {shown}")
+        return directory
+    if progress is not None:
+        if not settings.overwrite:
+            at = f" (epoch {progress.get('epoch')} of {progress.get('max_epochs')})" if progress.get("epoch") else ""
+            raise OutputError(
+                f"an interrupted run of {out} left a checkpoint{at}: pass --resume to continue it, "
+                "or --overwrite to start again"
+            )
+    if directory.exists():
+        shutil.rmtree(directory)
+    try:
+        directory.mkdir(parents=True)
+        write_json(record, directory / "run_settings.json")
+    except OSError as err:
+        raise OutputError(f"cannot create the checkpoint folder {directory}: {err.strerror or err}") from None
+    return directory
 
 
 def train_run(
@@ -366,9 +517,11 @@ def train_run(
     spec, parts = holdout if holdout is not None else _holdout_split(settings, data)
 
     # the temporary run folder exists before training: an unwritable output fails now, and
-    # an interrupted or failed run leaves nothing under the final name
+    # an interrupted or failed run leaves nothing under the final name (only its checkpoint,
+    # for --resume)
     with atomic_dir(out, overwrite=settings.overwrite) as tmp:
-        model, summary, latent_adata, hist, graph, parts = _fit(settings, data, progress_bar, parts)
+        ckpt = _prepare_checkpoints(settings, out, data.sha256)
+        model, summary, latent_adata, hist, graph, parts = _fit(settings, data, progress_bar, parts, ckpt)
         if spec is not None:
             summary["holdout"] = {
                 **spec.to_json(),
@@ -382,6 +535,7 @@ def train_run(
         hist.to_csv(tmp / "history.csv")
         _plot_history(hist, tmp / "loss_curve.png", f"{type(model).__name__} on {Path(settings.adata).name}")
         write_json(summary, tmp / "run.json")
+    shutil.rmtree(ckpt, ignore_errors=True)
     return TrainResult(out=out, model=model, data=data, summary=summary, split=parts)
 
 
@@ -484,7 +638,9 @@ def load_run(run_dir: str | Path, adata: str | Path | None = None, *, check_inpu
         raise InputError(f"run {run_dir} holds an unknown model {model_name!r}")
     try:
         model = MODELS[model_name].load(str(run_dir / "model"), adata=train_adata)
-    except ValueError as err:  # scvi-tools: other genes, another class, ...
+    except InputError:
+        raise
+    except ValueError as err:  # scvi-tools' registry transfer: other categories, ...
         raise InputError(f"cannot load the model of {run_dir}: {err}") from None
     if split is not None:
         codes = {name: i for i, name in enumerate(train_adata.obs_names)}
