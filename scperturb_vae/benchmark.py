@@ -126,6 +126,12 @@ def _read_truth(path: str | Path) -> _Truth:
     finally:
         if adata.file is not None:
             adata.file.close()
+    if not cells.is_unique:  # cells are matched by name
+        duplicated = cells[cells.duplicated()]
+        raise InputError(
+            f"{path} has {len(duplicated)} duplicate cell names (e.g. {str(duplicated[0])!r}); "
+            "score matches cells by name: make them unique first"
+        )
     if z.ndim != 2 or z.shape[0] != len(cells):
         raise InputError(f"obsm['z_true'] of {path} has shape {z.shape}, expected ({len(cells)}, n_latent)")
     if z.shape[1] != graph.shape[1]:

@@ -414,10 +414,44 @@ def check_counts(X: Any, *, what: str = "X", chunk_rows: int = 10_000) -> None:
         raise InputError(f"{what} has dtype {dtype}; expected numeric raw counts")
     if chunk_rows < 1:
         raise InputError(f"chunk_rows must be at least 1, got {chunk_rows}")
+    _check_sparse_structure(X, what)
     stats = _ValueStats()
     for block in _value_blocks(X, chunk_rows):
         stats.update(block)
     _raise_for_stats(stats, what)
+
+
+def _check_sparse_structure(X: Any, what: str) -> None:
+    """Raise when an in-memory sparse matrix has an impossible structure.
+
+    anndata builds CSR/CSC matrices from a file's ``data``, ``indices`` and ``indptr``
+    without checking that the indices lie within the shape; summing such a matrix
+    (a corrupted file) makes scipy write outside its arrays and crash the process.
+    The checks only read the arrays (nothing is converted or sorted).
+    """
+    if not sp.issparse(X):
+        return
+    fmt = X.format
+    problem = None
+    if fmt in ("csr", "csc"):
+        n_major, n_minor = X.shape if fmt == "csr" else X.shape[::-1]
+        indptr, indices, data = np.asarray(X.indptr), np.asarray(X.indices), np.asarray(X.data)
+        if indptr.ndim != 1 or len(indptr) != n_major + 1:
+            problem = f"index pointer of length {len(indptr)} for {n_major} {'rows' if fmt == 'csr' else 'columns'}"
+        elif indices.ndim != 1 or data.ndim != 1 or len(indices) != len(data):
+            problem = f"{len(indices)} indices for {len(data)} values"
+        elif indptr[0] != 0 or indptr[-1] > len(indices):
+            problem = f"index pointer runs from {indptr[0]} to {indptr[-1]} for {len(indices)} values"
+        elif np.any(np.diff(indptr) < 0):
+            problem = "decreasing index pointer"
+        elif len(indices) and (indices.min() < 0 or indices.max() >= n_minor):
+            problem = f"indices outside 0..{n_minor - 1}"
+    elif fmt == "coo":
+        row, col = np.asarray(X.row), np.asarray(X.col)
+        if len(row) and (row.min() < 0 or row.max() >= X.shape[0] or col.min() < 0 or col.max() >= X.shape[1]):
+            problem = "coordinates outside the shape"
+    if problem is not None:
+        raise InputError(f"{what} is not a valid {fmt.upper()} sparse matrix ({problem}); is the file corrupted?")
 
 
 def _raise_for_stats(stats: _ValueStats, what: str) -> None:
@@ -539,18 +573,21 @@ def _check_file(path: str | os.PathLike[str]) -> pathlib.Path:
     return path
 
 
-def read_h5ad_checked(path: str | os.PathLike[str]) -> anndata.AnnData:
-    """Read an ``.h5ad`` file fully into memory, read-only.
+def read_h5ad_checked(path: str | os.PathLike[str], *, backed: bool = False) -> anndata.AnnData:
+    """Read an ``.h5ad`` file fully into memory (or open it backed), read-only.
 
     Parameters
     ----------
     path
         The file to read.
+    backed
+        Open the file read-only in backed mode: ``obs``, ``var`` and ``obsm`` are read,
+        the count matrix stays on disk and is read in blocks (out of core).
 
     Returns
     -------
     anndata.AnnData
-        The in-memory AnnData (not backed: the file is closed on return).
+        The in-memory AnnData (the file is closed on return), or the backed one.
 
     Raises
     ------
@@ -562,7 +599,7 @@ def read_h5ad_checked(path: str | os.PathLike[str]) -> anndata.AnnData:
     import anndata  # deferred: importing anndata takes a while
 
     try:
-        return anndata.read_h5ad(path)
+        return anndata.read_h5ad(path, backed="r") if backed else anndata.read_h5ad(path)
     except MemoryError:
         raise
     except Exception as error:
@@ -806,6 +843,7 @@ def open_perturbation_adata(
     control_label: str | None = None,
     layer: str | None = None,
     min_cells: int = 20,
+    backed: bool = False,
 ) -> PerturbationData:
     """Read an ``.h5ad`` file read-only and validate it.
 
@@ -815,6 +853,9 @@ def open_perturbation_adata(
         The ``.h5ad`` file; it is only read, never written.
     perturbation_key, control_label, layer, min_cells
         As in :func:`validate_perturbation_adata`.
+    backed
+        Leave ``X`` on disk (opened read-only, backed): validation reads it in row
+        blocks, and training reads minibatches from the file.  Counts must be in ``X``.
 
     Returns
     -------
@@ -826,7 +867,9 @@ def open_perturbation_adata(
     InputError
         When the file cannot be read or its contents fail validation.
     """
-    adata = read_h5ad_checked(path)
+    if backed and layer is not None:
+        raise InputError("--backed reads the counts from X; a --layer cannot be read from disk (write the counts to X first)")
+    adata = read_h5ad_checked(path, backed=backed)
     resolved = pathlib.Path(path).expanduser()
     return validate_perturbation_adata(
         adata,

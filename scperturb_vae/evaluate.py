@@ -99,6 +99,8 @@ class EvaluateSettings:
     devices: str = "auto"
     overwrite: bool = False
     model_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: leave the counts on disk (backed): train from minibatches read from the file
+    backed: bool = False
 
     def validate(self) -> None:
         from .run import MODEL_NAMES
@@ -133,26 +135,46 @@ class _Evaluated:
     run_dir: str | None
 
 
-def _train_models(settings: EvaluateSettings, tmp: Path, progress_bar: bool):
-    """Open the data, split it once, train every model on the training part."""
-    from .data import open_perturbation_adata
-    from .run import TrainSettings, _holdout_split, train_run
 
-    data = open_perturbation_adata(
-        settings.adata, perturbation_key=settings.perturbation_key, control_label=settings.control,
-        layer=settings.layer, min_cells=settings.min_cells,
-    )
-    logger.info(data.summary())
-    base = dict(
+
+def _train_base(settings: EvaluateSettings, data) -> dict[str, Any]:
+    """The :class:`~scperturb_vae.run.TrainSettings` fields every trained model shares."""
+    return dict(
         adata=str(settings.adata), perturbation_key=data.perturbation_key, control=data.control_label,
         layer=settings.layer, n_latent=settings.n_latent, max_epochs=settings.max_epochs,
         batch_size=settings.batch_size, lr=settings.lr, likelihood=settings.likelihood, seed=settings.seed,
         min_cells=settings.min_cells, accelerator=settings.accelerator, devices=settings.devices,
         holdout=settings.holdout, holdout_perturbations=settings.holdout_perturbations,
         clusters=settings.clusters, n_clusters=settings.n_clusters, adapt_fraction=settings.adapt_fraction,
-        ll_cells=0,
+        ll_cells=0, backed=settings.backed,
     )
-    spec, parts = _holdout_split(TrainSettings(out=str(tmp / "runs" / "x"), **base), data)
+
+
+def _open_and_split(settings: EvaluateSettings, out: Path):
+    """Open and validate the data and split it once (before any output is created)."""
+    from .data import open_perturbation_adata
+    from .run import MIN_TRAINING_CELLS, TrainSettings, _holdout_split
+
+    data = open_perturbation_adata(
+        settings.adata, perturbation_key=settings.perturbation_key, control_label=settings.control,
+        layer=settings.layer, min_cells=settings.min_cells, backed=settings.backed,
+    )
+    logger.info(data.summary())
+    spec, parts = _holdout_split(TrainSettings(out=str(out / "runs" / "x"), **_train_base(settings, data)), data)
+    n_train = int((parts == "train").sum())
+    if n_train < MIN_TRAINING_CELLS:
+        raise InputError(
+            f"only {n_train} cells are left to train on after holding out {spec.name!r}; "
+            f"at least {MIN_TRAINING_CELLS} are needed (scvi-tools keeps 10% of them for validation)"
+        )
+    return data, spec, parts
+
+
+def _train_models(settings: EvaluateSettings, tmp: Path, progress_bar: bool, data, spec, parts):
+    """Train every model on the training part of the split."""
+    from .run import TrainSettings, train_run
+
+    base = _train_base(settings, data)
     evaluated, split = [], None
     for i, name in enumerate(settings.models):
         logger.info(f"[train {i + 1}/{len(settings.models)}] {name} on {int((parts == 'train').sum())} cells")
@@ -383,11 +405,14 @@ def evaluate(settings: EvaluateSettings, *, progress_bar: bool = True) -> dict[s
     settings.validate()
     out = check_output(settings.out, settings.overwrite)
     start = time.perf_counter()
+    # the inputs are read and checked before the output folder (and its parents) exist
+    if settings.runs:
+        data, spec, split, evaluated = _load_models(settings)
+    else:
+        data, spec, parts = _open_and_split(settings, out)
     with atomic_dir(out, overwrite=settings.overwrite) as tmp:
-        if settings.runs:
-            data, spec, split, evaluated = _load_models(settings)
-        else:
-            data, spec, split, evaluated = _train_models(settings, tmp, progress_bar)
+        if not settings.runs:
+            data, spec, split, evaluated = _train_models(settings, tmp, progress_bar, data, spec, parts)
         records, per_pert, fewshot, graphs, infos = [], [], [], [], {}
         for i, ev in enumerate(evaluated):
             logger.info(f"[evaluate {i + 1}/{len(evaluated)}] {ev.name}: zero-shot, adaptation "

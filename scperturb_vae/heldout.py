@@ -123,7 +123,9 @@ def resolve_holdout(
         from . import clusters as _clusters
 
         if clusters is not None:
-            table = _clusters.read_cluster_table(clusters, perturbations=data.perturbations)
+            # read whole: a cluster none of whose members is in the data is named as such,
+            # not reported as unknown
+            table = _clusters.read_cluster_table(clusters)
             source = str(clusters)
         else:
             table = _clusters.compute_perturbation_clusters(
@@ -135,11 +137,17 @@ def resolve_holdout(
         holdout = str(holdout)
         if holdout not in members:
             available = ", ".join(sorted(members, key=_clusters._natural_key)[:12])
-            where = f"the table {clusters}" if clusters is not None else f"the {len(members)} computed clusters"
+            where = f"the clusters of {clusters}" if clusters is not None else f"the {len(members)} computed clusters"
             raise InputError(f"unknown cluster {holdout!r}; {where} are named {available}")
         chosen = sorted(set(members[holdout]) & known)
         if not chosen:
-            raise InputError(f"cluster {holdout!r} has no perturbation present in the data")
+            raise InputError(
+                f"cluster {holdout!r} has no perturbation present in column {data.perturbation_key!r} "
+                f"(its members: {', '.join(sorted(members[holdout])[:5])}"
+                f"{', ...' if len(members[holdout]) > 5 else ''})"
+            )
+        if clusters is not None:  # the members present in the data, as computed clusters are
+            table = table[table["perturbation"].astype(str).isin(known)].reset_index(drop=True)
         spec = HoldoutSpec(chosen, holdout, source, table)
     if set(spec.perturbations) >= known:
         raise InputError(
@@ -183,8 +191,11 @@ def make_split(
     )
     if not held_labels:
         raise InputError("no cell carries a held-out perturbation")
+    # rows of each label in one pass (a comparison per held-out label would cost
+    # n_labels x n_cells when a large cluster is held out)
+    rows_of = pd.Series(np.arange(len(values))).groupby(values, sort=False).indices
     for lab in held_labels:
-        rows = np.flatnonzero(values == lab)
+        rows = np.asarray(rows_of[lab], dtype=np.int64)  # ascending, as np.flatnonzero
         if len(rows) < 2:
             raise InputError(
                 f"held-out perturbation {lab!r} has {len(rows)} cell: at least 2 are needed to split it "

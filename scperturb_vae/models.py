@@ -355,11 +355,15 @@ class PerturbationModelBase(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
         index = {p: i for i, p in enumerate(self.perturbations)}
         sums = np.zeros((len(self.perturbations), z.shape[1]))
         counts = np.zeros(len(self.perturbations))
-        for lab in np.unique(labels[~control]):
-            rows = labels == lab
+        # one pass over the cells: sums per label, then per perturbation (a label A+B adds to both)
+        uniq, codes = np.unique(labels[~control], return_inverse=True)
+        label_sums = np.zeros((len(uniq), z.shape[1]))
+        np.add.at(label_sums, codes, z[~control])
+        label_counts = np.bincount(codes, minlength=len(uniq))
+        for lab, lab_sum, lab_count in zip(uniq, label_sums, label_counts):
             for p in split_combination(lab, COMBINATION_SEP):
-                sums[index[p]] += z[rows].sum(0)
-                counts[index[p]] += rows.sum()
+                sums[index[p]] += lab_sum
+                counts[index[p]] += lab_count
         d = (sums / np.maximum(counts, 1)[:, None] - mu0) / sd0
         return 1.0 - np.exp(-0.5 * d**2)
 

@@ -45,6 +45,9 @@ logger = logging.getLogger("scperturb_vae")
 __all__ = ["TrainSettings", "TrainResult", "train_run", "MODEL_NAMES", "LoadedRun", "load_run", "read_run_summary"]
 
 MODEL_NAMES = ("svae+", "svae", "ivae", "vae")
+#: fewest cells a model can be trained on: scvi-tools keeps ceil(90%) of them for training
+#: and fails without a validation cell, i.e. below 10 cells
+MIN_TRAINING_CELLS = 10
 
 
 @dataclass
@@ -87,6 +90,8 @@ class TrainSettings:
     checkpoint_every: int = 1
     #: Lightning strategy (e.g. ``ddp``); None lets Lightning choose
     strategy: str | None = None
+    #: leave the counts on disk (backed, read-only) and train from minibatches read from the file
+    backed: bool = False
 
     @property
     def has_holdout(self) -> bool:
@@ -244,6 +249,39 @@ def _holdout_split(settings: TrainSettings, data: PerturbationData):
     return spec, parts
 
 
+def _distributed_worker() -> bool:
+    """Whether this process is a non-zero rank of a multi-process (DDP) run.
+
+    Lightning's DDP launcher starts the other ranks by running the same command again with
+    ``LOCAL_RANK`` / ``NODE_RANK`` set (``torchrun`` sets ``RANK``); those processes train in
+    lock-step with rank 0 and write nothing.
+    """
+    import os
+
+    return any(int(os.environ.get(name, "0") or 0) > 0 for name in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+def _backed_subset(adata, mask: np.ndarray, directory: Path | None, reuse: bool = False):
+    """The cells ``mask`` of a backed screen, written block by block to ``directory`` and opened backed.
+
+    With ``reuse`` (the other ranks of a multi-process run) the file rank 0 wrote is opened.
+    """
+    import tempfile
+
+    import anndata as ad
+
+    from .ondisk import write_rows
+
+    if directory is None:
+        directory = Path(tempfile.mkdtemp(prefix="scvae-train-cells-"))
+    path = directory / "train_cells.h5ad"
+    if reuse and path.exists():
+        return ad.read_h5ad(path, backed="r")
+    logger.info(f"writing the {int(mask.sum())} training cells to {path} (the counts stay on disk)")
+    write_rows(adata, np.flatnonzero(mask), path)
+    return ad.read_h5ad(path, backed="r")
+
+
 def _fit(
     settings: TrainSettings,
     data: PerturbationData,
@@ -261,7 +299,13 @@ def _fit(
 
     from .models import MODELS
 
-    adata = data.adata if parts is None else data.adata[(parts == "train").to_numpy()].copy()
+    worker = _distributed_worker()
+    if parts is None:
+        adata = data.adata
+    elif data.adata.isbacked:
+        adata = _backed_subset(data.adata, (parts == "train").to_numpy(), checkpoint_dir, reuse=worker)
+    else:
+        adata = data.adata[(parts == "train").to_numpy()].copy()
     scvi.settings.seed = settings.seed
     cls = MODELS[settings.model]
     cls.setup_anndata(
@@ -289,7 +333,14 @@ def _fit(
             resumed_from = (read_checkpoint_progress(checkpoint_dir) or {}).get("epoch")
             logger.info(f"resuming from the checkpoint of epoch {resumed_from} in {checkpoint_dir}")
     if settings.strategy is not None:
-        trainer_kwargs["strategy"] = settings.strategy
+        # parameters a likelihood does not use (e.g. the zero-inflation head under nb) get
+        # no gradient, which plain DDP refuses; scvi-tools recommends this variant
+        trainer_kwargs["strategy"] = (
+            "ddp_find_unused_parameters_true" if settings.strategy == "ddp" else settings.strategy
+        )
+        if checkpoint_dir is not None:
+            # scvi-tools keeps a multi-process run's history in a file (default: ./lightning_logs)
+            trainer_kwargs["log_save_dir"] = str(checkpoint_dir / "logs")
 
     start = time.perf_counter()
     try:
@@ -313,6 +364,8 @@ def _fit(
             raise KeyboardInterrupt from None
         raise
     seconds = time.perf_counter() - start
+    if worker:  # another process of a multi-process run: rank 0 summarises and writes
+        return None
     epochs = int(model.history["elbo_train"].shape[0]) if "elbo_train" in model.history else 0
     if parts is not None:
         parts = parts.copy()
@@ -409,7 +462,7 @@ def _no_scvi_exception_print():
 
 # --------------------------------------------------------------------------- checkpoints (--resume)
 #: settings that may differ between an interrupted run and its resumption
-_RESUME_FREE = ("overwrite", "resume", "accelerator", "devices", "strategy")
+_RESUME_FREE = ("overwrite", "resume", "accelerator", "devices", "strategy", "backed")
 
 
 def checkpoint_dir(out: str | Path) -> Path:
@@ -502,6 +555,8 @@ def train_run(
     already computed ``(HoldoutSpec, parts)`` pair of that split.
     """
     settings.validate()
+    if _distributed_worker():
+        return _train_worker(settings, data, holdout)
     out = check_output(settings.out, settings.overwrite)
     if data is None:
         data = open_perturbation_adata(
@@ -510,11 +565,18 @@ def train_run(
             control_label=settings.control,
             layer=settings.layer,
             min_cells=settings.min_cells,
+            backed=settings.backed,
         )
         logger.info(data.summary())
     if settings.batch_key is not None and settings.batch_key not in data.adata.obs:
         raise InputError(f"batch column {settings.batch_key!r} is not in the obs of {settings.adata}")
     spec, parts = holdout if holdout is not None else _holdout_split(settings, data)
+    n_train = data.adata.n_obs if parts is None else int((parts == "train").sum())
+    if n_train < MIN_TRAINING_CELLS:
+        raise InputError(
+            f"only {n_train} cells to train on; at least {MIN_TRAINING_CELLS} are needed "
+            "(scvi-tools keeps 10% of them for validation)"
+        )
 
     # the temporary run folder exists before training: an unwritable output fails now, and
     # an interrupted or failed run leaves nothing under the final name (only its checkpoint,
@@ -537,6 +599,23 @@ def train_run(
         write_json(summary, tmp / "run.json")
     shutil.rmtree(ckpt, ignore_errors=True)
     return TrainResult(out=out, model=model, data=data, summary=summary, split=parts)
+
+
+def _train_worker(settings: TrainSettings, data: PerturbationData | None, holdout: tuple | None) -> None:
+    """A non-zero rank of a multi-process run: the same data, split and model, trained in step.
+
+    Rank 0 created the checkpoint folder (and, for a backed held-out split, the training
+    cells' file) before Lightning started this process; nothing is written here.
+    """
+    logging.getLogger("scperturb_vae").setLevel(logging.WARNING)
+    if data is None:
+        data = open_perturbation_adata(
+            settings.adata, perturbation_key=settings.perturbation_key, control_label=settings.control,
+            layer=settings.layer, min_cells=settings.min_cells, backed=settings.backed,
+        )
+    _, parts = holdout if holdout is not None else _holdout_split(settings, data)
+    _fit(settings, data, progress_bar=False, parts=parts, checkpoint_dir=checkpoint_dir(Path(settings.out)))
+    return None
 
 
 # --------------------------------------------------------------------------- loading a run folder
