@@ -63,6 +63,7 @@ def evaluate(
     seed: SeedOpt = 0,
     accelerator: Annotated[str, typer.Option("--accelerator", help="Lightning accelerator: auto, cpu, gpu, mps.")] = "auto",
     devices: Annotated[str, typer.Option("--devices", help="Lightning devices: auto, or a number.")] = "auto",
+    backed: Annotated[bool, typer.Option("--backed", help="Leave the counts on disk (read-only, backed): train from minibatches read from the file.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")] = True,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -96,7 +97,7 @@ def evaluate(
             max_epochs=max_epochs, batch_size=batch_size, likelihood=likelihood, seed=seed,
             min_cells=min_cells, adapt_fraction=adapt_fraction, n_importance=n_importance,
             fewshot=fewshot, adapt_steps=adapt_steps, heldin_cells=heldin_cells,
-            accelerator=accelerator, devices=devices, overwrite=overwrite,
+            accelerator=accelerator, devices=devices, overwrite=overwrite, backed=backed,
         )
         quiet_third_party_warnings()
         result = run_evaluate(settings, progress_bar=progress)

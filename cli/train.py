@@ -63,6 +63,7 @@ def train(
         Optional[str],
         typer.Option("--strategy", help="Lightning strategy, e.g. ddp to train on --devices N processes [default: Lightning's choice].", show_default=False),
     ] = None,
+    backed: Annotated[bool, typer.Option("--backed", help="Leave the counts on disk (read-only, backed): minibatches are read from the file, for screens larger than memory.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run of OUT from its last checkpoint (same command otherwise).")] = False,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Save a checkpoint for --resume every this many epochs.")] = 1,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
@@ -120,7 +121,7 @@ def train(
             overwrite=overwrite, ll_cells=ll_cells, model_kwargs=model_kwargs,
             holdout=holdout, holdout_perturbations=split_list(holdout_perturbations),
             clusters=None if clusters is None else str(clusters), n_clusters=n_clusters,
-            adapt_fraction=adapt_fraction, resume=resume, checkpoint_every=checkpoint_every, strategy=strategy,
+            adapt_fraction=adapt_fraction, resume=resume, checkpoint_every=checkpoint_every, strategy=strategy, backed=backed,
         )
         quiet_third_party_warnings()
         try:
