@@ -10,6 +10,10 @@ lazily and ``import scperturb_vae`` stays fast):
 
 Data: :func:`open_perturbation_adata`, :func:`validate_perturbation_adata`;
 simulation: :func:`simulate_screen`.
+
+Notebook API in scanpy's style (submodules, imported on first use): ``tl`` (train, embed,
+gene effects, enrichment, recovery, held-out likelihood on an AnnData) and ``pl`` (their
+plots), e.g. ``import scperturb_vae as sv; model = sv.tl.fit(adata); sv.pl.graph(adata)``.
 """
 
 from __future__ import annotations
@@ -38,10 +42,17 @@ _LAZY = {
     "OutputError": "errors",
 }
 
-__all__ = sorted(_LAZY) + ["__version__"]
+#: submodules imported on first use (``sv.tl``, ``sv.pl``)
+_SUBMODULES = ("tl", "pl")
+
+__all__ = sorted(_LAZY) + list(_SUBMODULES) + ["__version__"]
 
 
 def __getattr__(name: str):
+    if name in _SUBMODULES:
+        module = import_module(f".{name}", __name__)
+        globals()[name] = module
+        return module
     if name in _LAZY:
         value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
         globals()[name] = value
