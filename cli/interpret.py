@@ -65,16 +65,9 @@ def interpret(
     """
     setup_logging()
     with user_errors(ctx):
-        import logging
-
-        import scvi
-
         from scperturb_vae.interpret import interpret_run
 
         quiet_third_party_warnings()
-        # scvi-tools logs "File .../model.pt already downloaded" at INFO through a rich
-        # console on stdout when a model loads; stdout is for the summary lines
-        scvi.settings.verbosity = logging.WARNING
         result = interpret_run(
             run, gene_sets, out, groups=groups, adata=adata, top_n=top_n, n_cells=n_cells, latents=latents,
             overwrite=overwrite, seed=seed, min_size=min_size, max_size=max_size, threshold=threshold,

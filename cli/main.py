@@ -10,10 +10,12 @@ from typing import Annotated
 
 import typer
 
+from . import bench as _bench
 from . import benchmark as _benchmark
 from . import clusters as _clusters
 from . import evaluate as _evaluate
 from . import interpret as _interpret
+from . import prepare as _prepare
 from . import score as _score
 from . import simulate as _simulate
 from . import train as _train
@@ -53,12 +55,14 @@ def _root(
 
 
 app.command("simulate")(_simulate.simulate)
+app.command("prepare")(_prepare.prepare)
 app.command("train")(_train.train)
 app.command("clusters")(_clusters.clusters)
 app.command("interpret")(_interpret.interpret)
 app.command("evaluate")(_evaluate.evaluate)
 app.command("score")(_score.score)
 app.command("benchmark")(_benchmark.benchmark)
+app.command("bench")(_bench.bench)
 
 
 def main() -> None:  # console-script entry point

@@ -254,6 +254,46 @@ class PerturbationModelBase(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
             m.running_mean.copy_(mean.to(m.running_mean.dtype))
             m.running_var.copy_(var.to(m.running_var.dtype))
 
+    # --------------------------------------------------------------- latents
+    @torch.inference_mode()
+    def get_latent_representation(
+        self,
+        adata: AnnData | None = None,
+        indices=None,
+        give_mean: bool = True,
+        mc_samples: int = 5_000,
+        batch_size: int | None = None,
+        return_dist: bool = False,
+        dataloader=None,
+        **data_loader_kwargs,
+    ) -> np.ndarray:
+        """Posterior means (or samples with ``give_mean=False``), cells x latents.
+
+        As scvi-tools' method, but written into one preallocated array: keeping one small
+        tensor per minibatch between the dense minibatches left the freed minibatch memory
+        resident (glibc heap fragmentation), about 3x the CSR matrix on 200,000 cells.
+        Other uses (``return_dist``, a ``dataloader``) are scvi-tools' own.
+        """
+        if return_dist or dataloader is not None or data_loader_kwargs:
+            return super().get_latent_representation(
+                adata, indices, give_mean, mc_samples, batch_size, return_dist, dataloader, **data_loader_kwargs
+            )
+        self._check_if_trained(warn=False)
+        adata = self._validate_anndata(adata)
+        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+        n = adata.n_obs if indices is None else len(indices)
+        out = np.empty((n, self.module.n_latent), dtype=np.float32)
+        start = 0
+        for tensors in loader:
+            outputs = self.module.inference(**self.module._get_inference_input(tensors))
+            z = outputs["qz"].loc if give_mean else outputs["z"]
+            stop = start + z.shape[0]
+            out[start:stop] = z.detach().cpu().numpy()
+            start = stop
+        if start != n:  # pragma: no cover - the loader covers every requested cell once
+            raise RuntimeError(f"latent representation covered {start} of {n} cells")
+        return out
+
     # --------------------------------------------------------------- saving
     def save(self, dir_path, prefix: str | None = None, overwrite: bool = False, save_anndata: bool = False,
              **kwargs) -> None:

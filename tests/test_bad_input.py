@@ -439,11 +439,6 @@ CASES: dict[str, tuple[tuple[str, ...], Callable[[Context, str], Call]]] = {
 #: Cases that fail in code this suite may not change (scperturb_vae/run.py, being reworked):
 #: documented failures, to be fixed there (strict: they must fail until then).
 KNOWN_FAILURES = {
-    ("too-few-cells", "bench"): (
-        "scperturb_vae/bench.py _check_screen_sizes accepts 8 cells; the SCVI child then fails in Lightning "
-        "(exit 1 with a traceback: RuntimeError 'benchmark child ... exited with 1'); it must require "
-        "--n-cells >= 10 (a validation cell) with an InputError before writing the screen"
-    ),
 }
 
 PARAMS = [

@@ -184,3 +184,22 @@ def test_batch_norm_statistics_are_recomputed_for_the_final_weights():
     # the exact mean over the training cells, not a lagging running average (momentum 0.01)
     torch.testing.assert_close(norm.running_mean, h.mean(0), atol=1e-4, rtol=1e-4)
     assert norm.momentum == 0.01 and not model.module.training
+
+
+def test_latent_representation_equals_scvi_tools_own():
+    """The preallocating override returns scvi-tools' numbers, for all cells and for indices."""
+    from scvi.model.base import VAEMixin
+
+    adata = _tiny()
+    scvi.settings.seed = 0
+    sv.SVAEPlus.setup_anndata(adata)
+    model = sv.SVAEPlus(adata, n_latent=3)
+    model.train(max_epochs=1, **FAST)
+    ours = model.get_latent_representation()
+    np.testing.assert_array_equal(ours, VAEMixin.get_latent_representation(model))
+    # minibatches that do not divide the cells: the same up to the kernels' summation order
+    np.testing.assert_allclose(model.get_latent_representation(batch_size=7), ours, atol=1e-5)
+    idx = [11, 2, 40, 3]
+    np.testing.assert_array_equal(model.get_latent_representation(indices=idx),
+                                  VAEMixin.get_latent_representation(model, indices=idx))
+    assert ours.dtype == np.float32 and ours.shape == (adata.n_obs, 3)
