@@ -162,6 +162,29 @@ def test_fit_output_survives_h5ad_and_feeds_scanpy(fitted, tmp_path):
     assert same > 2.0 / 9.0
 
 
+@pytest.mark.slow
+def test_scanpy_neighbors_at_screen_size(fitted):
+    """Above ~4,000 cells scanpy switches to pynndescent: the pinned stack must read its output.
+
+    (pynndescent 0.7 returns sparse arrays that scanpy 1.11 cannot read; constraints.txt
+    pins it below 0.7.)  The fitted latents are tiled to 5,000 cells with a little noise.
+    """
+    sc = pytest.importorskip("scanpy")
+    adata, _ = fitted
+    z = np.asarray(adata.obsm["X_svae"])
+    reps = int(np.ceil(5000 / len(z)))
+    rng = np.random.default_rng(0)
+    big = ad.AnnData(obs=pd.DataFrame(index=[f"c{i}" for i in range(len(z) * reps)]))
+    big.obsm["X_svae"] = np.tile(z, (reps, 1)) + 0.01 * rng.standard_normal((len(z) * reps, z.shape[1]))
+    threads = torch.get_num_threads()
+    try:
+        sc.pp.neighbors(big, use_rep="X_svae", random_state=0)
+    finally:
+        torch.set_num_threads(threads)
+    assert big.obsp["connectivities"].shape == (big.n_obs, big.n_obs)
+    assert big.obsp["distances"].nnz >= big.n_obs * 10  # 14 neighbours each, self excluded
+
+
 def test_embed_repeats_fit_and_loads_run_folders(fitted, sim, tmp_path):
     from scperturb_vae.run import TrainSettings, load_run, train_run
 
