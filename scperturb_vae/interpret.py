@@ -545,70 +545,12 @@ def plot_enrichment_dotplot(enrichment: pd.DataFrame, latents: Sequence[str], pa
                             max_sets: int = 40) -> None:
     """Latents x top gene sets: dot size -log10 FDR, colour the statistic, marker the direction.
 
-    One test is shown: ``ora`` when present (colour: log2 fold enrichment), else ``rank``
-    (colour: the AUC).  For each latent its ``per_latent`` best sets are taken; a (latent,
-    set) cell shows the direction with the smallest FDR, drawn as a triangle up (``up``),
-    a triangle down (``down``) or a circle (``any``).
+    Drawn by :func:`scperturb_vae.pl.enrichment` (``ora`` when present, else ``rank``;
+    each latent's ``per_latent`` best sets, at most ``max_sets``) and written to ``path``.
     """
-    plt = _pyplot()
-    test = "ora" if (enrichment["test"] == "ora").any() else "rank"
-    table = enrichment[(enrichment["test"] == test) & enrichment["fdr"].notna()]
-    best = table.drop_duplicates(subset=["latent", "source", "gene_set"])  # the table is sorted by fdr
-    chosen: list[tuple[str, str]] = []
-    for latent in latents:
-        for src, name in best[best["latent"] == latent][["source", "gene_set"]].head(per_latent).itertuples(index=False):
-            if (src, name) not in chosen and len(chosen) < max_sets:
-                chosen.append((src, name))
-    fig_h = float(np.clip(0.28 * len(chosen) + 2.4, 3.2, 16.0))
-    fig_w = float(np.clip(0.45 * len(latents) + 6.5, 7.0, 22.0))
-    fig, ax = plt.subplots(figsize=(fig_w, fig_h), layout="constrained")
-    if not chosen:
-        ax.text(0.5, 0.5, "no gene set was tested", ha="center", va="center")
-        ax.set_axis_off()
-    else:
-        position = {key: y for y, key in enumerate(chosen)}
-        column = {latent: x for x, latent in enumerate(latents)}
-        shown = best[[(s, g) in position and lat in column
-                      for lat, s, g in zip(best["latent"], best["source"], best["gene_set"])]]
-        stat = shown["statistic"].to_numpy(dtype=float)
-        if test == "ora":
-            stat = np.log2(np.where(stat > 0, stat, np.nan))
-        low, high = (np.nanmin(stat), np.nanmax(stat)) if np.isfinite(stat).any() else (0.0, 1.0)
-        high = high if high > low else low + 1.0
-        markers = {"up": "^", "down": "v", "any": "o"}
-        scatter = None
-        for direction, marker in markers.items():
-            rows = (shown["direction"] == direction).to_numpy()
-            if not rows.any():
-                continue
-            part = shown[rows]
-            size = np.minimum(-np.log10(np.maximum(part["fdr"].to_numpy(dtype=float), 1e-300)), 10.0)
-            scatter = ax.scatter([column[x] for x in part["latent"]],
-                                 [position[(s, g)] for s, g in zip(part["source"], part["gene_set"])],
-                                 s=14 + 30 * size, c=stat[rows], cmap="viridis", vmin=low, vmax=high, marker=marker,
-                                 edgecolors="0.25", linewidths=0.4)
-        ax.set_xticks(range(len(latents)))
-        ax.set_xticklabels(latents, rotation=90, fontsize=_label_size(len(latents)))
-        ax.set_yticks(range(len(chosen)))
-        ax.set_yticklabels([f"{name[:55]} [{src}]" for src, name in chosen], fontsize=_label_size(len(chosen)))
-        ax.set_xlim(-0.6, len(latents) - 0.4)
-        ax.set_ylim(len(chosen) - 0.4, -0.6)
-        ax.grid(True, color="0.92", linewidth=0.5)
-        ax.set_axisbelow(True)
-        if scatter is not None:
-            fig.colorbar(scatter, ax=ax, shrink=0.8, pad=0.01,
-                         label="log2 fold enrichment" if test == "ora" else "AUC (rank-sum)")
-        for value in (1.0, 3.0, 10.0):
-            ax.scatter([], [], s=14 + 30 * value, c="0.6", edgecolors="0.25", linewidths=0.4,
-                       label=f"FDR {10 ** -value:.2g}" if value < 10 else "FDR <= 1e-10")
-        for direction, marker in markers.items():
-            ax.scatter([], [], s=40, c="white", edgecolors="0.25", marker=marker, label=direction)
-        ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=6, frameon=False, fontsize=7,
-                  columnspacing=1.6, handletextpad=0.6)
-        fig.suptitle(f"gene-set enrichment ({test}): best {per_latent} sets per latent; dot size -log10 FDR",
-                     fontsize=10)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    from .pl import enrichment as draw
+
+    draw(enrichment, latents=list(latents), per_latent=per_latent, max_sets=max_sets, save=path)
 
 
 def plot_traversals(traversals: dict[str, pd.DataFrame], effects: pd.DataFrame, path: Path, n_genes: int = 3) -> None:
