@@ -292,6 +292,8 @@ def write_synthetic_screen(
     import h5py
     from anndata.io import write_elem
 
+    from .ondisk import create_csr_x
+
     start_time = time.perf_counter()
     codes, labels, blocks = synthetic_blocks(n_cells, n_genes, density, n_perturbations, seed, control_fraction)
     _check_screen_sizes(n_cells, n_genes, density, n_perturbations, control_fraction, chunk_cells)
@@ -301,17 +303,8 @@ def write_synthetic_screen(
     nnz = 0
     with atomic_path(path, overwrite=overwrite) as tmp:
         with h5py.File(tmp, "w") as f:
-            f.attrs["encoding-type"] = "anndata"
-            f.attrs["encoding-version"] = "0.1.0"
-            X = f.create_group("X")
-            X.attrs["encoding-type"] = "csr_matrix"
-            X.attrs["encoding-version"] = "0.1.0"
-            X.attrs["shape"] = np.array([n_cells, n_genes], dtype=np.int64)
-            chunk = (int(max(1, min(_H5_CHUNK, n_cells * (1 + density * n_genes)))),)
-            data = X.create_dataset("data", shape=(0,), maxshape=(None,), dtype=np.float32, chunks=chunk)
-            indices = X.create_dataset("indices", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=chunk)
-            indptr = X.create_dataset("indptr", shape=(n_cells + 1,), dtype=ptr_dtype)
-            indptr[0] = 0
+            chunk = int(max(1, min(_H5_CHUNK, n_cells * (1 + density * n_genes))))
+            data, indices, indptr = create_csr_x(f, n_cells, n_genes, chunk=chunk, ptr_dtype=ptr_dtype)
 
             obs = f.create_group("obs")
             obs.attrs.update({"_index": "_index", "column-order": np.array(["perturbation"], dtype=object),

@@ -202,7 +202,7 @@ def _missing_label_mask(column: pd.Series) -> np.ndarray:
     return missing | (as_text.str.strip() == "").to_numpy()
 
 
-def resolve_perturbation_key(obs: pd.DataFrame, perturbation_key: str | None) -> str:
+def resolve_perturbation_key(obs: pd.DataFrame, perturbation_key: str | None, *, allow_missing: bool = False) -> str:
     """Find the ``obs`` column that holds the perturbation labels.
 
     Parameters
@@ -212,6 +212,8 @@ def resolve_perturbation_key(obs: pd.DataFrame, perturbation_key: str | None) ->
     perturbation_key
         The column named by the user, or ``None`` to pick the one column of
         :data:`PERTURBATION_KEY_CANDIDATES` present in ``obs``.
+    allow_missing
+        Accept cells without a label (``scvae prepare`` drops them).
 
     Returns
     -------
@@ -254,7 +256,7 @@ def resolve_perturbation_key(obs: pd.DataFrame, perturbation_key: str | None) ->
             f"column {key!r} is numeric ({column.dtype}); expected perturbation labels "
             "such as gene names"
         )
-    n_missing = int(_missing_label_mask(column).sum())
+    n_missing = 0 if allow_missing else int(_missing_label_mask(column).sum())
     if n_missing:
         raise InputError(
             f"column {key!r} has {n_missing} cells without a perturbation label "

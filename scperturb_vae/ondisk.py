@@ -17,12 +17,31 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-__all__ = ["write_rows", "BLOCK_ROWS"]
+__all__ = ["write_rows", "create_csr_x", "BLOCK_ROWS"]
 
 #: rows read from the source per block
 BLOCK_ROWS = 20_000
 #: HDF5 chunk (elements) of the ``data`` / ``indices`` datasets
 _H5_CHUNK = 1 << 18
+
+
+def create_csr_x(f, n_rows: int, n_cols: int, *, chunk: int = _H5_CHUNK, ptr_dtype=np.int64):
+    """Start an anndata h5ad in the open h5py file ``f`` with a growable CSR ``X``.
+
+    Returns the ``data`` (float32) and ``indices`` (int32) datasets, empty and resizable,
+    and ``indptr`` (``n_rows + 1``, first entry 0), for the caller to fill block by block.
+    """
+    f.attrs["encoding-type"] = "anndata"
+    f.attrs["encoding-version"] = "0.1.0"
+    group = f.create_group("X")
+    group.attrs["encoding-type"] = "csr_matrix"
+    group.attrs["encoding-version"] = "0.1.0"
+    group.attrs["shape"] = np.array([n_rows, n_cols], dtype=np.int64)
+    data = group.create_dataset("data", shape=(0,), maxshape=(None,), dtype=np.float32, chunks=(chunk,))
+    indices = group.create_dataset("indices", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(chunk,))
+    indptr = group.create_dataset("indptr", shape=(n_rows + 1,), dtype=ptr_dtype)
+    indptr[0] = 0
+    return data, indices, indptr
 
 
 def write_rows(adata, rows: np.ndarray, path: str | os.PathLike, *, block_rows: int = BLOCK_ROWS) -> Path:
@@ -42,16 +61,7 @@ def write_rows(adata, rows: np.ndarray, path: str | os.PathLike, *, block_rows: 
     n_genes = adata.n_vars
     X_source = adata.X
     with h5py.File(path, "w") as f:
-        f.attrs["encoding-type"] = "anndata"
-        f.attrs["encoding-version"] = "0.1.0"
-        group = f.create_group("X")
-        group.attrs["encoding-type"] = "csr_matrix"
-        group.attrs["encoding-version"] = "0.1.0"
-        group.attrs["shape"] = np.array([len(rows), n_genes], dtype=np.int64)
-        data = group.create_dataset("data", shape=(0,), maxshape=(None,), dtype=np.float32, chunks=(_H5_CHUNK,))
-        indices = group.create_dataset("indices", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(_H5_CHUNK,))
-        indptr = group.create_dataset("indptr", shape=(len(rows) + 1,), dtype=np.int64)
-        indptr[0] = 0
+        data, indices, indptr = create_csr_x(f, len(rows), n_genes)
         nnz = 0
         for start in range(0, len(rows), block_rows):
             chosen = rows[start : start + block_rows]

@@ -86,6 +86,7 @@ from .data import (
     check_counts,
     file_sha256,
     resolve_control_label,
+    resolve_perturbation_key,
     validate_perturbation_adata,
 )
 from .errors import InputError, OutputError
@@ -206,44 +207,15 @@ def _resolve_layout(layout: str, obs: pd.DataFrame) -> tuple[str, str]:
 
 def _label_column(obs: pd.DataFrame, layout: str, perturbation_key: str | None) -> str:
     """The ``obs`` column holding the source labels (missing labels allowed)."""
-    available = _preview([str(c) for c in obs.columns]) or "(none)"
-    if perturbation_key is not None:
+    if perturbation_key is None and layout in _LAYOUT_KEY:
+        perturbation_key = _LAYOUT_KEY[layout]
         if perturbation_key not in obs.columns:
+            available = _preview([str(c) for c in obs.columns]) or "(none)"
             raise InputError(
-                f"perturbation key {perturbation_key!r} is not an obs column; "
-                f"available columns: {available}"
-            )
-        key = perturbation_key
-    elif layout in _LAYOUT_KEY:
-        key = _LAYOUT_KEY[layout]
-        if key not in obs.columns:
-            raise InputError(
-                f"layout {layout}: obs has no column {key!r} (the {_LAYOUT_NAME[layout]} "
+                f"layout {layout}: obs has no column {perturbation_key!r} (the {_LAYOUT_NAME[layout]} "
                 f"perturbation column); pass --perturbation-key (available columns: {available})"
             )
-    else:
-        found = [c for c in PERTURBATION_KEY_CANDIDATES if c in obs.columns]
-        if not found:
-            raise InputError(
-                "no perturbation column found: none of "
-                f"{', '.join(PERTURBATION_KEY_CANDIDATES)} is an obs column "
-                f"(available: {available}); pass --perturbation-key"
-            )
-        if len(found) > 1:
-            raise InputError(
-                f"several obs columns could hold the perturbations: {', '.join(found)}; "
-                "pass --perturbation-key"
-            )
-        key = found[0]
-    column = obs[key]
-    if isinstance(column, pd.DataFrame):
-        raise InputError(f"obs has several columns named {key!r}; rename them first")
-    if _is_numeric_column(column):
-        raise InputError(
-            f"column {key!r} is numeric ({column.dtype}); expected perturbation labels "
-            "such as gene names"
-        )
-    return str(key)
+    return resolve_perturbation_key(obs, perturbation_key, allow_missing=True)
 
 
 # --------------------------------------------------------------------------- labels
