@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	$(BIN)/python -m scperturb_vae.demo --out demo_output
+	$(BIN)/python -m scperturb_vae.pipelines.demo --out demo_output
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache

@@ -74,7 +74,7 @@ def bench(
     """
     setup_logging()
     with user_errors(ctx):
-        from scperturb_vae.bench import run_bench
+        from scperturb_vae.bench.harness import run_bench
         from scperturb_vae.io import check_output
 
         check_output(out, overwrite)

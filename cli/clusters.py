@@ -87,14 +87,14 @@ def clusters(
 
         import pandas as pd
 
-        from scperturb_vae.clusters import (
+        from scperturb_vae.tl.clusters import (
             cluster_summary,
             compute_perturbation_clusters,
             read_cluster_table,
             restrict_to_perturbations,
             write_cluster_table,
         )
-        from scperturb_vae.data import open_perturbation_adata
+        from scperturb_vae.data.validate import open_perturbation_adata
         from scperturb_vae.errors import InputError
         from scperturb_vae.io import check_output
 

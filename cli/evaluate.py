@@ -85,7 +85,7 @@ def evaluate(
     """
     setup_logging()
     with user_errors(ctx):
-        from scperturb_vae.evaluate import EvaluateSettings, evaluate as run_evaluate, format_table
+        from scperturb_vae.pipelines.evaluate import EvaluateSettings, evaluate as run_evaluate, format_table
 
         settings = EvaluateSettings(
             out=str(out), adata=None if adata is None else str(adata),

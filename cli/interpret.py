@@ -65,7 +65,7 @@ def interpret(
     """
     setup_logging()
     with user_errors(ctx):
-        from scperturb_vae.interpret import interpret_run
+        from scperturb_vae.pipelines.interpret import interpret_run
 
         quiet_third_party_warnings()
         result = interpret_run(

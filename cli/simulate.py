@@ -34,7 +34,7 @@ def simulate(
 ) -> None:
     """Simulate a perturbation screen with known latents, graph and gene programs.
 
-    The presets' defaults are documented in scperturb_vae.simulate; every size is a flag.
+    The presets' defaults are documented in scperturb_vae.data.simulate; every size is a flag.
     Ground truth goes into the file: obsm['z_true'], uns['simulation'] (the graph, the
     shifts, the held-out perturbations) and, for 'programs', var['program'].
 
@@ -48,7 +48,7 @@ def simulate(
     with user_errors(ctx):
         from scperturb_vae.errors import InputError
         from scperturb_vae.io import atomic_path, check_output
-        from scperturb_vae.simulate import programs_to_gene_sets, simulate_screen, write_gmt
+        from scperturb_vae.data.simulate import programs_to_gene_sets, simulate_screen, write_gmt
 
         check_output(out, overwrite)
         if gmt is not None:

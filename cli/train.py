@@ -93,7 +93,8 @@ def train(
     setup_logging()
     with user_errors(ctx):
         from scperturb_vae.errors import InputError
-        from scperturb_vae.run import MODEL_NAMES, TrainSettings, train_run
+        from scperturb_vae.model.registry import MODEL_NAMES
+        from scperturb_vae.pipelines.train import TrainSettings, train_run
 
         model = model.lower()
         if model not in MODEL_NAMES:
@@ -144,7 +145,7 @@ def train(
                        f"mutual information I(x; z) {dg['mutual_information']:.2f} nats")
         r = s["recovery"]
         if r is not None:
-            from scperturb_vae.benchmark import format_recovery
+            from scperturb_vae.pipelines.benchmark import format_recovery
 
             typer.echo("recovery of the simulated truth: " + format_recovery(r))
         v = s["validation_likelihood"]
@@ -162,8 +163,8 @@ def train(
 
 def _interrupted(out: Path) -> None:
     """Ctrl-C: one line saying what is kept, exit 130."""
-    from scperturb_vae.run import checkpoint_dir
-    from scperturb_vae.training import read_checkpoint_progress
+    from scperturb_vae.pipelines.train import checkpoint_dir
+    from scperturb_vae.train.plan import read_checkpoint_progress
 
     progress = read_checkpoint_progress(checkpoint_dir(out))
     if progress and progress.get("epoch"):

@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import OutputError
+from scperturb_vae.errors import OutputError
 
-__all__ = ["check_output", "atomic_path", "atomic_dir", "write_json"]
+__all__ = ["check_output", "atomic_path", "atomic_dir", "write_json", "package_versions"]
 
 
 def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
@@ -136,6 +136,20 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def package_versions() -> dict[str, str]:
+    """Python's and the main packages' versions, for run records."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("scperturb-vae", "scvi-tools", "torch", "lightning", "anndata", "numpy", "scipy", "pandas"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
 
 
 def write_json(data: Any, path: str | os.PathLike) -> None:

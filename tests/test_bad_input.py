@@ -79,7 +79,7 @@ def fingerprint(paths) -> dict[str, str]:
 
 def tiny_screen() -> ad.AnnData:
     """210 cells x 30 genes: 30 control cells and 30 cells for each of P000..P005."""
-    from scperturb_vae.simulate import simulate_screen
+    from scperturb_vae.data.simulate import simulate_screen
 
     return simulate_screen("paper", n_perturbations=6, n_cells_per_perturbation=30, n_latent=4,
                            n_genes=30, n_heldout=1, max_targets=2, seed=0)
@@ -582,7 +582,7 @@ def test_every_command_has_cases():
 def test_corrupted_file_really_corrupts_the_counts(screen, tmp_path):
     """The 'corrupted' case flips bytes of the count matrix: reading it as h5ad works, and
     only the structure check stands between it and scipy writing out of bounds."""
-    from scperturb_vae.data import check_counts
+    from scperturb_vae.data.validate import check_counts
     from scperturb_vae.errors import InputError
 
     path = build_h5ad("corrupted", screen, tmp_path)
@@ -614,7 +614,7 @@ def _broken(kind: str):
 @pytest.mark.parametrize("kind", ["csr-index-too-large", "csr-negative-index", "csr-decreasing-indptr",
                                   "csr-indptr-past-end", "csc-index-too-large", "coo-outside"])
 def test_check_counts_refuses_a_broken_sparse_structure(kind):
-    from scperturb_vae.data import check_counts
+    from scperturb_vae.data.validate import check_counts
     from scperturb_vae.errors import InputError
 
     with pytest.raises(InputError, match="not a valid .* sparse matrix"):

@@ -1,4 +1,4 @@
-"""``scvae bench`` (scperturb_vae.bench): outputs, the synthetic writer, one-line errors.
+"""``scvae bench`` (scperturb_vae.bench.harness): outputs, the synthetic writer, one-line errors.
 
 One tiny bench (600 cells x 50 genes, SCVI + 2 models, 1 timed epoch, the sparse check on
 the same screen) runs once for the module; no assertion is made on timings.
@@ -17,13 +17,13 @@ import pytest
 import scipy.sparse as sp
 from typer.testing import CliRunner
 
-from scperturb_vae.bench import (
+from scperturb_vae.bench.harness import (
     BENCH_COLUMNS,
     CONTROL_LABEL,
     synthetic_screen_adata,
     write_synthetic_screen,
 )
-from scperturb_vae.data import open_perturbation_adata, validate_perturbation_adata
+from scperturb_vae.data.validate import open_perturbation_adata, validate_perturbation_adata
 from scperturb_vae.errors import InputError, OutputError
 from scvae_cli.main import app
 

@@ -1,4 +1,4 @@
-"""``scvae score`` and ``scvae benchmark`` (scperturb_vae.benchmark).
+"""``scvae score`` and ``scvae benchmark`` (scperturb_vae.pipelines.benchmark).
 
 One quick benchmark (2 models x 2 seeds, 5 epochs on 780-cell screens) is run once for
 the module; ``score`` is checked on its runs and on hand-made run folders with known
@@ -18,9 +18,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from scperturb_vae.benchmark import markdown_summary, score_run, summarise_results
+from scperturb_vae.pipelines.benchmark import markdown_summary, score_run, summarise_results
 from scperturb_vae.errors import InputError
-from scperturb_vae.simulate import graph_from_adata, simulate_screen
+from scperturb_vae.data.simulate import graph_from_adata, simulate_screen
 from scvae_cli.main import app
 
 BENCH_FILES = ("results.csv", "summary.csv", "summary.md", "metrics.png", "graph_seed0.png",
@@ -255,7 +255,7 @@ def test_score_run_on_a_permuted_rescaled_truth_is_perfect(sim, tmp_path):
         assert score[metric] == pytest.approx(1.0, abs=1e-9), metric
     # MIG is on discretised values (20 bins): its plug-in bias, ~(20 - 1)^2 / (2 * 200) = 0.9 nats
     # per pair on 200 cells, keeps it well below 1 even here; it is computed on the matched cells
-    from scperturb_vae.metrics import mutual_information_gap
+    from scperturb_vae.tl.metrics import mutual_information_gap
 
     expected = mutual_information_gap(z[cells], latent.astype(np.float32)).mig
     assert score["mig"] == pytest.approx(expected, abs=1e-12) and score["mig"] > 0.5

@@ -85,7 +85,7 @@ def runner() -> CliRunner:
 @pytest.fixture(scope="module")
 def sim_file(tmp_path_factory) -> Path:
     """A tiny simulated screen: 210 cells x 30 genes, 6 perturbations + control."""
-    from scperturb_vae.simulate import simulate_screen
+    from scperturb_vae.data.simulate import simulate_screen
 
     adata = simulate_screen("paper", n_perturbations=6, n_cells_per_perturbation=30, n_latent=4,
                             n_genes=30, n_heldout=1, max_targets=2, seed=0)
@@ -468,7 +468,7 @@ def test_log_lines_go_to_current_stderr(runner, tmp_path):
 
 # --------------------------------------------------------------------------- 7. existing output
 def test_train_existing_output(runner, sim_file, tmp_path, monkeypatch):
-    import scperturb_vae.run
+    import scperturb_vae.pipelines.train
 
     out = tmp_path / "runs" / "r"
     out.mkdir(parents=True)
@@ -478,7 +478,7 @@ def test_train_existing_output(runner, sim_file, tmp_path, monkeypatch):
         raise AssertionError("the input was read although the output exists")
 
     with monkeypatch.context() as m:
-        m.setattr(scperturb_vae.run, "open_perturbation_adata", must_not_read)
+        m.setattr(scperturb_vae.pipelines.train, "open_perturbation_adata", must_not_read)
         line = assert_user_error(
             invoke(runner, "train", "--adata", sim_file, "--out", out, "--max-epochs", 1, *FAST), 3)
     assert "--overwrite" in line
@@ -552,24 +552,24 @@ def test_debug_prints_traceback_in_subprocess(tmp_path):
 
 
 def test_internal_error_exits_1_with_traceback(runner, sim_file, tmp_path, monkeypatch):
-    import scperturb_vae.run
+    import scperturb_vae.pipelines.train
 
     def boom(*args, **kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(scperturb_vae.run, "train_run", boom)
+    monkeypatch.setattr(scperturb_vae.pipelines.train, "train_run", boom)
     result = invoke(runner, "train", "--adata", sim_file, "--out", tmp_path / "x")
     assert result.exit_code == 1
     assert isinstance(result.exception, RuntimeError)
 
 
 def test_interrupt_exits_130(runner, sim_file, tmp_path, monkeypatch):
-    import scperturb_vae.run
+    import scperturb_vae.pipelines.train
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(scperturb_vae.run, "train_run", interrupted)
+    monkeypatch.setattr(scperturb_vae.pipelines.train, "train_run", interrupted)
     result = invoke(runner, "train", "--adata", sim_file, "--out", tmp_path / "x")
     assert result.exit_code == 130
     lines = result.stderr.strip().splitlines()

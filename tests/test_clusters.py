@@ -1,4 +1,4 @@
-"""Tests of perturbation clusters (:mod:`scperturb_vae.clusters`) and ``scvae clusters``.
+"""Tests of perturbation clusters (:mod:`scperturb_vae.tl.clusters`) and ``scvae clusters``.
 
 The clustering is checked on a hand-built screen whose two groups of perturbations move
 two disjoint gene blocks (the groups must come out exactly), on a simulated screen whose
@@ -21,8 +21,8 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import pdist
 from typer.testing import CliRunner
 
-from scperturb_vae import clusters as clusters_module
-from scperturb_vae.clusters import (
+from scperturb_vae.tl import clusters as clusters_module
+from scperturb_vae.tl.clusters import (
     cluster_members,
     cluster_summary,
     compute_perturbation_clusters,
@@ -260,7 +260,7 @@ def test_sparse_dense_and_layer_give_the_same_table(screen):
 
 
 def test_matches_independent_scipy_computation():
-    from scperturb_vae.simulate import simulate_screen
+    from scperturb_vae.data.simulate import simulate_screen
 
     adata = simulate_screen("programs", n_latent=4, n_perturbations=16, n_cells_per_perturbation=40,
                             n_genes=200, n_heldout=0, seed=3)
@@ -280,7 +280,7 @@ def test_matches_independent_scipy_computation():
 
 def test_simulated_screen_recovers_the_true_groups():
     """Single-target perturbations group by (targeted latent, sign of the shift)."""
-    from scperturb_vae.simulate import simulate_screen
+    from scperturb_vae.data.simulate import simulate_screen
 
     adata = simulate_screen("programs", n_latent=3, n_perturbations=12, n_cells_per_perturbation=60,
                             n_genes=200, min_targets=1, max_targets=1, n_heldout=0, seed=0)

@@ -1,4 +1,4 @@
-"""Tests of :mod:`scperturb_vae.data`: opening and validating perturbation AnnData."""
+"""Tests of :mod:`scperturb_vae.data.validate`: opening and validating perturbation AnnData."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from scperturb_vae.data import (
+from scperturb_vae.data.validate import (
     COMBINATION_SEP,
     CONTROL_SPELLINGS,
     PERTURBATION_KEY_CANDIDATES,

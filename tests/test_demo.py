@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 
-from scperturb_vae.demo import main
+from scperturb_vae.pipelines.demo import main
 
 
 def test_demo_quick_runs_end_to_end(tmp_path, capsys):

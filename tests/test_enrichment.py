@@ -1,4 +1,4 @@
-"""Tests of :mod:`scperturb_vae.enrichment`: the statistics against scipy, the readers, the tables."""
+"""Tests of :mod:`scperturb_vae.tl.enrichment`: the statistics against scipy, the readers, the tables."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from scperturb_vae.enrichment import (
+from scperturb_vae.tl.enrichment import (
     ENRICHMENT_COLUMNS,
     PERTURBATION_ENRICHMENT_COLUMNS,
     _average_ranks,

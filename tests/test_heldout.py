@@ -15,7 +15,7 @@ from scvi import REGISTRY_KEYS
 from typer.testing import CliRunner
 
 from scperturb_vae.errors import InputError
-from scperturb_vae.heldout import (
+from scperturb_vae.tl.heldout import (
     HeldoutCells,
     adapt_prior,
     extended_module,
@@ -23,9 +23,9 @@ from scperturb_vae.heldout import (
     heldout_log_likelihood,
     make_split,
 )
-from scperturb_vae.module import PerturbationVAEModule
-from scperturb_vae.priors import ConditionalGaussianPrior, SparseShiftPrior, StandardNormalPrior
-from scperturb_vae.simulate import simulate_screen
+from scperturb_vae.module.vae import PerturbationVAEModule
+from scperturb_vae.module.priors import ConditionalGaussianPrior, SparseShiftPrior, StandardNormalPrior
+from scperturb_vae.data.simulate import simulate_screen
 
 runner = CliRunner()
 
@@ -190,7 +190,7 @@ def screen(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def holdout_run(screen):
-    from scperturb_vae.run import TrainSettings, train_run
+    from scperturb_vae.pipelines.train import TrainSettings, train_run
 
     d, path, held = screen
     # K = 10: the default K = 100 asks ~100 nats of evidence per edge, more than 90 cells
@@ -216,7 +216,7 @@ def test_held_out_perturbations_are_absent_from_training(holdout_run, screen):
 
 
 def test_load_run_restores_the_model_on_its_training_cells(holdout_run):
-    from scperturb_vae.run import load_run
+    from scperturb_vae.pipelines.train import load_run
 
     loaded = load_run(holdout_run.out)
     assert loaded.adata.n_obs == holdout_run.model.adata.n_obs

@@ -1,4 +1,4 @@
-"""Tests of :mod:`scperturb_vae.interpret` and ``scvae interpret``.
+"""Tests of :mod:`scperturb_vae.pipelines.interpret` and ``scvae interpret``.
 
 The gene effects are checked against a decoder whose answer is known in closed form
 (``rho = softmax(W z + b_batch)``), the targets against a hand-made graph, the headline
@@ -21,9 +21,9 @@ import torch
 from scipy.special import logsumexp
 from typer.testing import CliRunner
 
-from scperturb_vae.enrichment import ENRICHMENT_COLUMNS
+from scperturb_vae.tl.enrichment import ENRICHMENT_COLUMNS
 from scperturb_vae.errors import InputError
-from scperturb_vae.interpret import (
+from scperturb_vae.pipelines.interpret import (
     DENSE_TOP,
     OUTPUT_FILES,
     gene_effects,
@@ -47,8 +47,8 @@ N_GENES, N_LATENT = 40, 3
 def tiny_model():
     """An sVAE+ (1 epoch) on 210 cells in two batches; the decoder is replaced per test."""
     from scperturb_vae.logs import quiet_third_party
-    from scperturb_vae.models import SVAEPlus
-    from scperturb_vae.simulate import simulate_screen
+    from scperturb_vae.model.models import SVAEPlus
+    from scperturb_vae.data.simulate import simulate_screen
 
     quiet_third_party()
     adata = simulate_screen("programs", seed=1, n_latent=N_LATENT, n_perturbations=6, n_cells_per_perturbation=30,
@@ -206,9 +206,9 @@ def test_programs_top_set_is_the_true_program(tmp_path):
     """For >= 90% of the active learned latents, the top enriched set is its true program."""
     import anndata as ad
 
-    from scperturb_vae.metrics import mean_correlation_coefficient
-    from scperturb_vae.run import TrainSettings, train_run
-    from scperturb_vae.simulate import programs_to_gene_sets, simulate_screen, write_gmt
+    from scperturb_vae.tl.metrics import mean_correlation_coefficient
+    from scperturb_vae.pipelines.train import TrainSettings, train_run
+    from scperturb_vae.data.simulate import programs_to_gene_sets, simulate_screen, write_gmt
 
     adata = simulate_screen("programs", seed=0, **HEADLINE)
     h5, gmt = tmp_path / "sim.h5ad", tmp_path / "programs.gmt"
@@ -255,8 +255,8 @@ def test_programs_top_set_is_the_true_program(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A 3-epoch sVAE+ run on a tiny programs screen, its GMT and a cluster table."""
-    from scperturb_vae.run import TrainSettings, train_run
-    from scperturb_vae.simulate import programs_to_gene_sets, simulate_screen, write_gmt
+    from scperturb_vae.pipelines.train import TrainSettings, train_run
+    from scperturb_vae.data.simulate import programs_to_gene_sets, simulate_screen, write_gmt
 
     folder = tmp_path_factory.mktemp("interp_cli")
     adata = simulate_screen("programs", seed=2, n_latent=3, n_perturbations=6, n_cells_per_perturbation=25,
@@ -401,7 +401,7 @@ def test_real_gene_sets_overlap_datlinger_genes():
         pytest.skip("shared data files are absent")
     import anndata as ad
 
-    from scperturb_vae.enrichment import read_gene_sets, restrict_gene_sets
+    from scperturb_vae.tl.enrichment import read_gene_sets, restrict_gene_sets
 
     genes = ad.read_h5ad(h5, backed="r").var_names.astype(str)
     universe, kept = restrict_gene_sets(read_gene_sets(hallmark), list(genes), min_size=5)

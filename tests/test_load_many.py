@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 def many_perturbation_screen(seed: int = 0):
     """2,000 perturbations with unequal cell numbers (simulated with 10 cells each, then
     each perturbation keeps its first 1-3 or 5-10 cells)."""
-    from scperturb_vae.simulate import simulate_screen
+    from scperturb_vae.data.simulate import simulate_screen
 
     adata = simulate_screen("paper", n_perturbations=N_PERTURBATIONS, n_cells_per_perturbation=10,
                             n_control_cells=N_CONTROL, n_latent=4, n_genes=30, n_heldout=0, max_targets=2,

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scperturb_vae.metrics import graph_scores, mean_correlation_coefficient, recovery_summary
+from scperturb_vae.tl.metrics import graph_scores, mean_correlation_coefficient, recovery_summary
 
 
 def _truth(seed=0, n=2000, k=4):
@@ -62,7 +62,7 @@ def test_recovery_summary_keys():
 
 
 # --------------------------------------------------------------------------- added metrics
-from scperturb_vae.metrics import (
+from scperturb_vae.tl.metrics import (
     active_units,
     average_precision,
     discretize,
@@ -304,8 +304,8 @@ def tiny_models():
     """A VAE and an sVAE+ trained for 3 epochs on a tiny simulated screen."""
     import scvi
 
-    from scperturb_vae.models import VAE, SVAEPlus
-    from scperturb_vae.simulate import simulate_screen
+    from scperturb_vae.model.models import VAE, SVAEPlus
+    from scperturb_vae.data.simulate import simulate_screen
 
     adata = simulate_screen("paper", n_latent=3, n_perturbations=6, n_cells_per_perturbation=50, n_genes=30,
                             n_heldout=0, max_targets=2, seed=0)
@@ -326,7 +326,7 @@ def test_posterior_collapse_on_tiny_models(tiny_models, name):
 
     import torch
 
-    from scperturb_vae.priors import gaussian_kl
+    from scperturb_vae.module.priors import gaussian_kl
 
     model = tiny_models[name]
     diag = posterior_collapse(model, n_cells=200, seed=0)

@@ -28,8 +28,8 @@ from typer.testing import CliRunner
 
 import scperturb_vae as sv
 from scperturb_vae.errors import InputError
-from scperturb_vae.run import TrainSettings, _prepare_checkpoints, _safe_checkpoint, checkpoint_dir, load_run
-from scperturb_vae.simulate import simulate_screen
+from scperturb_vae.pipelines.train import TrainSettings, _prepare_checkpoints, _safe_checkpoint, checkpoint_dir, load_run
+from scperturb_vae.data.simulate import simulate_screen
 from scvae_cli.main import app
 
 SCVAE = [sys.executable, "-c", "from scvae_cli.main import main; main()"]

@@ -1,4 +1,4 @@
-"""Tests of ``scvae prepare`` (:mod:`scperturb_vae.prepare`, ``cli/prepare.py``).
+"""Tests of ``scvae prepare`` (:mod:`scperturb_vae.data.prepare`, ``cli/prepare.py``).
 
 Small files in the Replogle 2022 layout (dense float32 counts, Ensembl IDs with a
 ``gene_name`` column, ``gene``/``gem_group``/``sgID_AB`` obs) and in the scPerturb layout
@@ -20,9 +20,9 @@ import pytest
 import scipy.sparse as sp
 from typer.testing import CliRunner
 
-from scperturb_vae.data import open_perturbation_adata
+from scperturb_vae.data.validate import open_perturbation_adata
 from scperturb_vae.errors import InputError, OutputError
-from scperturb_vae.prepare import (
+from scperturb_vae.data.prepare import (
     PREPARED_CONTROL,
     UNS_KEY,
     detect_layout,

@@ -10,7 +10,7 @@ import torch
 from scipy import stats
 from torch.distributions import Normal
 
-from scperturb_vae.priors import (
+from scperturb_vae.module.priors import (
     ConditionalGaussianPrior,
     SparseShiftPrior,
     StandardNormalPrior,

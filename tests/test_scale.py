@@ -22,9 +22,9 @@ import pytest
 import scipy.sparse as sp
 from typer.testing import CliRunner
 
-from scperturb_vae.ondisk import write_rows
-from scperturb_vae.run import load_run
-from scperturb_vae.simulate import simulate_screen
+from scperturb_vae.data.ondisk import write_rows
+from scperturb_vae.pipelines.train import load_run
+from scperturb_vae.data.simulate import simulate_screen
 from scvae_cli.main import app
 
 FAST = ["--n-latent", "3", "--no-progress", "--ll-cells", "100"]

@@ -1,4 +1,4 @@
-"""Tests of the simulated Perturb-seq screens (scperturb_vae.simulate)."""
+"""Tests of the simulated Perturb-seq screens (scperturb_vae.data.simulate)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import scipy.sparse as sp
 from scipy.stats import spearmanr
 
 from scperturb_vae.errors import InputError
-from scperturb_vae.simulate import (
+from scperturb_vae.data.simulate import (
     PRESETS,
     graph_from_adata,
     programs_to_gene_sets,

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 import scperturb_vae as sv  # noqa: E402
 from scperturb_vae import pl, tl  # noqa: E402
 from scperturb_vae.errors import InputError  # noqa: E402
-from scperturb_vae.simulate import graph_from_adata, simulate_screen, write_gmt  # noqa: E402
+from scperturb_vae.data.simulate import graph_from_adata, simulate_screen, write_gmt  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 N_LATENT = 3
@@ -99,7 +99,7 @@ def test_fit_writes_latents_graph_and_settings(fitted, sim):
 
 
 def test_fit_recovers_the_simulated_truth_and_recovery_matches_the_metrics(fitted):
-    from scperturb_vae.metrics import recovery_summary
+    from scperturb_vae.tl.metrics import recovery_summary
 
     adata, _ = fitted
     adata = adata.copy()
@@ -186,7 +186,7 @@ def test_scanpy_neighbors_at_screen_size(fitted):
 
 
 def test_embed_repeats_fit_and_loads_run_folders(fitted, sim, tmp_path):
-    from scperturb_vae.run import TrainSettings, load_run, train_run
+    from scperturb_vae.pipelines.train import TrainSettings, load_run, train_run
 
     adata, model = fitted
     other = sim.copy()
@@ -212,7 +212,7 @@ def test_embed_repeats_fit_and_loads_run_folders(fitted, sim, tmp_path):
 
 # =========================================================================== interpretation
 def test_gene_effects_are_the_library_effects_in_varm(with_effects):
-    from scperturb_vae.interpret import gene_effects
+    from scperturb_vae.pipelines.interpret import gene_effects
 
     adata, model, effects = with_effects
     direct = gene_effects(model, adata, n_cells=300, seed=1)
@@ -299,7 +299,7 @@ def test_user_mistakes_are_one_line_input_errors(fitted, sim):
 
 # =========================================================================== held-out likelihood
 def test_heldout_nll_scores_the_held_out_perturbations(heldout, sim):
-    from scperturb_vae.heldout import make_split
+    from scperturb_vae.tl.heldout import make_split
 
     adata, result = heldout
     assert "heldout" not in adata.uns and "heldout_part" not in adata.obs  # nothing written without key_added
@@ -395,7 +395,7 @@ def test_graph_heatmap_alone_and_beside_the_truth(fitted, tmp_path):
     assert sorted(rows) == sorted(truth.index)
     assert _texts(true_ax.get_xticklabels()) == list(truth.columns)
     np.testing.assert_array_equal(true_ax.images[0].get_array(), truth.loc[rows].to_numpy())
-    from scperturb_vae.metrics import mean_correlation_coefficient
+    from scperturb_vae.tl.metrics import mean_correlation_coefficient
 
     assignment = mean_correlation_coefficient(adata.obsm["z_true"], adata.obsm["X_svae"]).assignment
     assert _texts(learned_ax.get_xticklabels()) == [model.latent_names[c] for c in assignment]

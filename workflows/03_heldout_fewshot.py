@@ -47,9 +47,9 @@ import pandas as pd
 import torch
 
 import scperturb_vae as sv
-from scperturb_vae.evaluate import format_table
+from scperturb_vae.pipelines.evaluate import format_table
 from scperturb_vae.logs import quiet_third_party, setup_logging
-from scperturb_vae.metrics import mean_correlation_coefficient
+from scperturb_vae.tl.metrics import mean_correlation_coefficient
 
 QUICK = os.environ.get("SCVAE_QUICK", "0").strip().lower() in ("1", "true", "yes")
 

@@ -8,7 +8,7 @@ each finishes, so an interrupted sweep resumes where it stopped.
     python workflows/recovery_sweep.py --out sweep.jsonl --configs default,k30,k300 --seeds 0,1
 
 ``--list`` prints the configurations.  Each line records the configuration's settings, the
-seconds it took and every metric of :func:`scperturb_vae.metrics.recovery_summary`.
+seconds it took and every metric of :func:`scperturb_vae.tl.metrics.recovery_summary`.
 """
 
 from __future__ import annotations
@@ -60,9 +60,9 @@ def run_one(name: str, seed: int, threads: int) -> dict:
     import scvi
     import torch
 
-    from scperturb_vae.metrics import recovery_summary
-    from scperturb_vae.models import MODELS
-    from scperturb_vae.simulate import graph_from_adata, simulate_screen
+    from scperturb_vae.tl.metrics import recovery_summary
+    from scperturb_vae.model.models import MODELS
+    from scperturb_vae.data.simulate import graph_from_adata, simulate_screen
 
     torch.set_num_threads(threads)
     model_name, n_latent, epochs, model_kwargs, train_kwargs = CONFIGS[name]

@@ -10,7 +10,7 @@
 5. ``scvae interpret`` against the simulator's own gene programs: print the summary and how
    many active latents have their true program as top enriched set.
 
-Run ``python -m scperturb_vae.demo --help`` for the options (``--quick`` is a small version
+Run ``python -m scperturb_vae.pipelines.demo --help`` for the options (``--quick`` is a small version
 for the test suite).
 """
 
@@ -27,7 +27,7 @@ QUICK_PROGRAM_SIZES = dict(n_latent=4, n_perturbations=12, n_cells_per_perturbat
 
 
 def _write(adata, path: Path) -> None:
-    from .io import atomic_path
+    from scperturb_vae.io import atomic_path
 
     with atomic_path(path, overwrite=True) as tmp:
         adata.write_h5ad(tmp)
@@ -39,11 +39,11 @@ def run_demo(out: Path, *, quick: bool = False, max_epochs: int | None = None, s
 
     import pandas as pd
 
-    from .benchmark import format_recovery
-    from .evaluate import EvaluateSettings, evaluate, format_table
-    from .interpret import interpret_run, program_match
-    from .run import TrainSettings, train_run
-    from .simulate import programs_to_gene_sets, simulate_screen, write_gmt
+    from scperturb_vae.pipelines.benchmark import format_recovery
+    from scperturb_vae.pipelines.evaluate import EvaluateSettings, evaluate, format_table
+    from scperturb_vae.pipelines.interpret import interpret_run, program_match
+    from scperturb_vae.pipelines.train import TrainSettings, train_run
+    from scperturb_vae.data.simulate import programs_to_gene_sets, simulate_screen, write_gmt
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -119,15 +119,15 @@ def run_demo(out: Path, *, quick: bool = False, max_epochs: int | None = None, s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scperturb_vae.demo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m scperturb_vae.pipelines.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
     parser.add_argument("--quick", action="store_true", help="small screens and few epochs (for tests)")
     parser.add_argument("--max-epochs", type=int, default=None,
                         help="training epochs (default 100 for the paper screen and 150 for the programs screen; quick: 30/40)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    from .errors import ScvaeError
-    from .logs import quiet_third_party, setup_logging
+    from scperturb_vae.errors import ScvaeError
+    from scperturb_vae.logs import quiet_third_party, setup_logging
 
     setup_logging()
     quiet_third_party()

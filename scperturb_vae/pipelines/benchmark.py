@@ -1,10 +1,10 @@
 """Score a run against a simulation's truth, and benchmark the models over seeds.
 
 :func:`score_run` (``scvae score``) compares a run folder written by
-:func:`scperturb_vae.run.train_run` (``scvae train``) with the ground truth of the simulated
-file it was trained on (:func:`scperturb_vae.simulate.simulate_screen`): MCC, linear R^2 and
+:func:`scperturb_vae.pipelines.train.train_run` (``scvae train``) with the ground truth of the simulated
+file it was trained on (:func:`scperturb_vae.data.simulate.simulate_screen`): MCC, linear R^2 and
 MIG of the latents, precision / recall / F1 / AUROC / average precision of the graph (see
-:mod:`scperturb_vae.metrics`), and the active units of the posterior means.
+:mod:`scperturb_vae.tl.metrics`), and the active units of the posterior means.
 
 :func:`run_benchmark` (``scvae benchmark``) simulates one screen per seed, trains every
 model on it, scores each run and writes a folder::
@@ -33,8 +33,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
-from .io import atomic_dir, atomic_path, check_output
+from scperturb_vae.errors import InputError
+from scperturb_vae.io import atomic_dir, atomic_path, check_output
+from scperturb_vae.model.registry import parse_models
 
 logger = logging.getLogger("scperturb_vae")
 
@@ -102,8 +103,8 @@ class _Truth:
 
 def _read_truth(path: str | Path) -> _Truth:
     """The ground truth of a simulated h5ad (the counts stay on disk)."""
-    from .data import _check_file, _short_reason
-    from .simulate import graph_from_adata
+    from scperturb_vae.data.validate import _check_file, _short_reason
+    from scperturb_vae.data.simulate import graph_from_adata
 
     path = _check_file(path)
     import anndata
@@ -153,8 +154,8 @@ class _Run:
 
 def _read_run(run_dir: str | Path) -> _Run:
     """The posterior means, the graph and run.json of a run folder."""
-    from .data import _short_reason
-    from .run import read_run_summary
+    from scperturb_vae.data.validate import _short_reason
+    from scperturb_vae.pipelines.train import read_run_summary
 
     run_dir = Path(run_dir)
     info = read_run_summary(run_dir, required=SCORE_FILES)
@@ -214,7 +215,7 @@ def score_run(run_dir: str | Path, truth_path: str | Path) -> dict[str, Any]:
 
     Cells are matched by ``obs_names`` (the run's cells that the truth has; the others are
     left out and counted), perturbations by name, and the learned latents to the true ones
-    by the Pearson MCC matching (see :func:`scperturb_vae.metrics.recovery_summary`).
+    by the Pearson MCC matching (see :func:`scperturb_vae.tl.metrics.recovery_summary`).
 
     Parameters
     ----------
@@ -227,7 +228,7 @@ def score_run(run_dir: str | Path, truth_path: str | Path) -> dict[str, Any]:
     Returns
     -------
     dict
-        JSON-ready: every :func:`~scperturb_vae.metrics.recovery_summary` entry
+        JSON-ready: every :func:`~scperturb_vae.tl.metrics.recovery_summary` entry
         (``mcc_pearson``, ``mcc_spearman``, ``r2``, ``mig``, ``graph_*``, ``n_matched``),
         ``active_units`` / ``active_mask`` / ``latent_variance`` of the posterior means (all
         the run's cells), ``assignment`` (true latent -> matched learned latent or None),
@@ -241,7 +242,7 @@ def score_run(run_dir: str | Path, truth_path: str | Path) -> dict[str, Any]:
         A missing or incomplete run folder, a truth file without ground truth, no cell or
         no perturbation in common.
     """
-    from .metrics import active_units, mean_correlation_coefficient, recovery_summary
+    from scperturb_vae.tl.metrics import active_units, mean_correlation_coefficient, recovery_summary
 
     run = _read_run(run_dir)
     truth = _read_truth(truth_path)
@@ -296,7 +297,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def format_recovery(r: dict[str, Any]) -> str:
-    """A :func:`~scperturb_vae.metrics.recovery_summary` in one line."""
+    """A :func:`~scperturb_vae.tl.metrics.recovery_summary` in one line."""
     return (
         f"MCC {_fmt(r.get('mcc_pearson'))} (Pearson), {_fmt(r.get('mcc_spearman'))} (Spearman); "
         f"R^2 {_fmt(r.get('r2'))}; MIG {_fmt(r.get('mig'))}; graph precision {_fmt(r.get('graph_precision'))}, "
@@ -343,22 +344,6 @@ def write_score(score: dict[str, Any], path: str | Path, overwrite: bool = False
 
 
 # --------------------------------------------------------------------------- benchmark
-def parse_models(models: str | Iterable[str]) -> list[str]:
-    """Model names from ``"svae+,vae"`` (or a list): known, distinct, in the given order."""
-    from .run import MODEL_NAMES
-
-    items = models.split(",") if isinstance(models, str) else list(models)
-    names = [str(m).strip().lower() for m in items if str(m).strip()]
-    if not names:
-        raise InputError(f"--models is empty; give a comma-separated list of {', '.join(MODEL_NAMES)}")
-    unknown = [m for m in names if m not in MODEL_NAMES]
-    if unknown:
-        raise InputError(f"unknown model(s) {', '.join(unknown)}; choose among {', '.join(MODEL_NAMES)}")
-    if len(set(names)) != len(names):
-        raise InputError(f"--models lists a model twice: {','.join(names)}")
-    return names
-
-
 def parse_seeds(seeds: str | Iterable[int]) -> list[int]:
     """Seeds from ``"0,1,2"`` (or a list): distinct non-negative integers."""
     items = seeds.split(",") if isinstance(seeds, str) else list(seeds)
@@ -448,7 +433,7 @@ def _relocate_run_json(run_dir: Path, old: Path, new: Path) -> None:
     for section, key in (("settings", "adata"), ("settings", "out"), ("input", "path")):
         if isinstance(info.get(section), dict) and key in info[section]:
             info[section][key] = fix(info[section][key])
-    from .io import write_json
+    from scperturb_vae.io import write_json
 
     write_json(info, path)
 
@@ -553,7 +538,7 @@ def run_benchmark(
     preset
         Simulation preset, ``"paper"`` or ``"programs"``.
     models
-        Model names (``MODEL_NAMES`` of :mod:`scperturb_vae.run`), a list or ``"svae+,vae"``.
+        Model names (``MODEL_NAMES`` of :mod:`scperturb_vae.pipelines.train`), a list or ``"svae+,vae"``.
     seeds
         Seeds, a list or ``"0,1,2"``: seed ``S`` simulates the screen and trains on it.
     max_epochs
@@ -568,14 +553,14 @@ def run_benchmark(
     ll_cells
         Validation cells for the importance-sampled likelihood of each run (0 skips it).
     sizes
-        Further :func:`~scperturb_vae.simulate.simulate_screen` arguments (override the
+        Further :func:`~scperturb_vae.data.simulate.simulate_screen` arguments (override the
         preset's and ``quick``'s).
     progress_bar
         Show the training progress bars.
     """
-    from .metrics import posterior_collapse
-    from .run import TrainSettings, train_run
-    from .simulate import PRESETS, simulate_screen
+    from scperturb_vae.tl.metrics import posterior_collapse
+    from scperturb_vae.pipelines.train import TrainSettings, train_run
+    from scperturb_vae.data.simulate import PRESETS, simulate_screen
 
     if preset not in PRESETS:
         raise InputError(f"unknown simulation preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}")
@@ -611,7 +596,7 @@ def run_benchmark(
                 adata.write_h5ad(part)
             n_true = int(adata.obsm["z_true"].shape[1])
             if seed == seeds[0]:
-                from .simulate import graph_from_adata
+                from scperturb_vae.data.simulate import graph_from_adata
 
                 true_graph_first = graph_from_adata(adata)
             del adata

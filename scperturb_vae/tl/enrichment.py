@@ -3,7 +3,7 @@
 Two questions name a latent of an identifiable model:
 
 - *which genes does it move?*  Its decoder effects (one score per gene, see
-  :func:`scperturb_vae.interpret.gene_effects`) are tested for enrichment of known gene
+  :func:`scperturb_vae.pipelines.interpret.gene_effects`) are tested for enrichment of known gene
   sets (Hallmark, GO, KEGG, CORUM complexes, ...) by :func:`enrich_latents`;
 - *which perturbations move it?*  Its targets in the learned intervention graph are
   tested for enrichment of groups of perturbations (clusters, protein complexes) by
@@ -43,7 +43,7 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.special import gammaln, ndtr
 
-from .errors import InputError
+from scperturb_vae.errors import InputError
 
 __all__ = [
     "DIRECTIONS",
@@ -712,7 +712,7 @@ def perturbation_set_enrichment(
     ----------
     targets
         Latent -> its targeting perturbations (e.g. from
-        :func:`scperturb_vae.interpret.perturbation_targets`).
+        :func:`scperturb_vae.pipelines.interpret.perturbation_targets`).
     groups
         Group -> member perturbations.
     universe

@@ -1,7 +1,7 @@
 r"""Perturbation-conditioned priors ``p(z | a)``: the only thing the models differ in.
 
 Every prior is a :class:`torch.nn.Module` with the same small interface, so one encoder /
-decoder / likelihood module (:class:`scperturb_vae.module.PerturbationVAEModule`) serves
+decoder / likelihood module (:class:`scperturb_vae.module.vae.PerturbationVAEModule`) serves
 the whole family:
 
 ``log_prob(z, pert_idx)``

@@ -8,8 +8,8 @@ What is measured
 :func:`write_synthetic_screen` writes a random CSR count screen straight to an ``.h5ad``
 file, a chunk of cells at a time (the matrix is never held whole), in a child that also
 reports its speed and peak memory.  Then, for ``scvi.model.SCVI`` and each model, one child
-(``python -m scperturb_vae.bench --worker SPEC``) opens the file as ``scvae train`` does
-(:func:`~scperturb_vae.data.open_perturbation_adata`: read and validate), sets the model up,
+(``python -m scperturb_vae.bench.harness --worker SPEC``) opens the file as ``scvae train`` does
+(:func:`~scperturb_vae.data.validate.open_perturbation_adata`: read and validate), sets the model up,
 trains it and times the importance-sampled likelihood:
 
 - the same network sizes (``n_hidden``, ``n_layers``, ``n_latent``, dropout), the
@@ -61,8 +61,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
-from .io import atomic_dir, atomic_path, check_output, write_json
+from scperturb_vae.errors import InputError
+from scperturb_vae.io import atomic_dir, atomic_path, check_output, write_json
 
 logger = logging.getLogger("scperturb_vae")
 
@@ -283,7 +283,7 @@ def write_synthetic_screen(
     with gene names.  Each gene is detected in a cell with probability ``density`` (plus one
     gene per cell in turn, so no cell or gene is empty); see :func:`synthetic_blocks`.  It
     opens with ``anndata.read_h5ad`` (also ``backed="r"``) and passes
-    :func:`~scperturb_vae.data.validate_perturbation_adata`.  The file appears complete or
+    :func:`~scperturb_vae.data.validate.validate_perturbation_adata`.  The file appears complete or
     not at all.
 
     Returns the sizes, ``nnz``, the CSR bytes (as read into memory), the file's bytes and
@@ -292,7 +292,7 @@ def write_synthetic_screen(
     import h5py
     from anndata.io import write_elem
 
-    from .ondisk import create_csr_x
+    from scperturb_vae.data.ondisk import create_csr_x
 
     start_time = time.perf_counter()
     codes, labels, blocks = synthetic_blocks(n_cells, n_genes, density, n_perturbations, seed, control_fraction)
@@ -453,7 +453,7 @@ def _run_child(spec: dict[str, Any], work: Path, threads: int) -> dict[str, Any]
     spec_path.write_text(json.dumps(spec))
     log_path = work / f"{name}.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "scperturb_vae.bench", "--worker", str(spec_path)],
+        proc = subprocess.Popen([sys.executable, "-m", "scperturb_vae.bench.harness", "--worker", str(spec_path)],
                                 stdout=log, stderr=subprocess.STDOUT, env=_thread_env(threads))
         try:
             _, status, usage = os.wait4(proc.pid, 0)
@@ -482,7 +482,7 @@ def _work_import(spec: dict[str, Any]) -> dict[str, Any]:
     import scvi  # noqa: F401
     import torch
 
-    from . import models  # noqa: F401
+    from scperturb_vae.model import models  # noqa: F401
 
     torch.set_num_threads(spec["threads"])
     stages.done("import")
@@ -549,7 +549,7 @@ def _setup_model(name: str, data, spec: dict[str, Any]):
     """Set up ``name`` (a model of ours or ``scvi``) on the opened data with the bench's sizes."""
     import scvi
 
-    from .models import MODELS
+    from scperturb_vae.model.models import MODELS
 
     adata = data.adata
     net = {"n_hidden": spec["n_hidden"], "n_layers": spec["n_layers"], "dropout_rate": spec["dropout_rate"]}
@@ -567,8 +567,8 @@ def _work_train(spec: dict[str, Any]) -> dict[str, Any]:
     import scvi
     import torch
 
-    from .data import open_perturbation_adata
-    from .logs import quiet_third_party
+    from scperturb_vae.data.validate import open_perturbation_adata
+    from scperturb_vae.logs import quiet_third_party
 
     quiet_third_party()
     torch.set_num_threads(spec["threads"])
@@ -639,9 +639,9 @@ def _work_sparse(spec: dict[str, Any]) -> dict[str, Any]:
     import scvi
     import torch
 
-    from .data import file_sha256, read_h5ad_checked, validate_perturbation_adata
-    from .logs import quiet_third_party
-    from .models import SVAEPlus
+    from scperturb_vae.data.validate import file_sha256, read_h5ad_checked, validate_perturbation_adata
+    from scperturb_vae.logs import quiet_third_party
+    from scperturb_vae.model.models import SVAEPlus
 
     quiet_third_party()
     torch.set_num_threads(spec["threads"])
@@ -707,7 +707,7 @@ _WORKERS = {"import": _work_import, "write": _work_write, "train": _work_train, 
 
 def _worker_main(argv: list[str]) -> int:
     if len(argv) != 2 or argv[0] != "--worker":
-        print("usage: python -m scperturb_vae.bench --worker SPEC.json", file=sys.stderr)
+        print("usage: python -m scperturb_vae.bench.harness --worker SPEC.json", file=sys.stderr)
         return 2
     spec = json.loads(Path(argv[1]).read_text())
     result = _WORKERS[spec["kind"]](spec)
@@ -718,7 +718,7 @@ def _worker_main(argv: list[str]) -> int:
 # =========================================================================== the benchmark
 def parse_bench_models(models: str) -> list[str]:
     """``"svae+,ivae"`` -> known, distinct model names (``scvi`` is always measured)."""
-    from .benchmark import parse_models
+    from scperturb_vae.model.registry import parse_models
 
     return parse_models(models)
 
@@ -749,7 +749,7 @@ def _machine() -> dict[str, Any]:
 
 
 def _versions() -> dict[str, str]:
-    from .run import _versions as versions
+    from scperturb_vae.io import package_versions as versions
 
     return versions()
 

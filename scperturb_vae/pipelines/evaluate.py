@@ -6,7 +6,7 @@ folders made by ``scvae train --holdout ...``):
 - ``heldout_zeroshot``: the importance-sampled NLL of the held-out perturbations' evaluation
   cells, their perturbations unknown to the prior (``N(0, I)``, the control's);
 - ``heldout_adapted``: the same cells after fitting only the new perturbations' prior
-  parameters on the adaptation cells, the networks frozen (see :mod:`scperturb_vae.heldout`);
+  parameters on the adaptation cells, the networks frozen (see :mod:`scperturb_vae.tl.heldout`);
 - ``heldin``: the NLL of training-perturbation cells that were kept out of training (the
   validation cells).
 
@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
-from .io import atomic_dir, check_output, write_json
+from scperturb_vae.errors import InputError
+from scperturb_vae.io import atomic_dir, check_output, package_versions, write_json
 
 logger = logging.getLogger("scperturb_vae")
 
@@ -103,7 +103,7 @@ class EvaluateSettings:
     backed: bool = False
 
     def validate(self) -> None:
-        from .run import MODEL_NAMES
+        from scperturb_vae.model.registry import MODEL_NAMES
 
         if not self.runs:
             if self.adata is None:
@@ -138,7 +138,7 @@ class _Evaluated:
 
 
 def _train_base(settings: EvaluateSettings, data) -> dict[str, Any]:
-    """The :class:`~scperturb_vae.run.TrainSettings` fields every trained model shares."""
+    """The :class:`~scperturb_vae.pipelines.train.TrainSettings` fields every trained model shares."""
     return dict(
         adata=str(settings.adata), perturbation_key=data.perturbation_key, control=data.control_label,
         layer=settings.layer, n_latent=settings.n_latent, max_epochs=settings.max_epochs,
@@ -152,8 +152,8 @@ def _train_base(settings: EvaluateSettings, data) -> dict[str, Any]:
 
 def _open_and_split(settings: EvaluateSettings, out: Path):
     """Open and validate the data and split it once (before any output is created)."""
-    from .data import open_perturbation_adata
-    from .run import MIN_TRAINING_CELLS, TrainSettings, _holdout_split
+    from scperturb_vae.data.validate import open_perturbation_adata
+    from scperturb_vae.pipelines.train import MIN_TRAINING_CELLS, TrainSettings, _holdout_split
 
     data = open_perturbation_adata(
         settings.adata, perturbation_key=settings.perturbation_key, control_label=settings.control,
@@ -172,7 +172,7 @@ def _open_and_split(settings: EvaluateSettings, out: Path):
 
 def _train_models(settings: EvaluateSettings, tmp: Path, progress_bar: bool, data, spec, parts):
     """Train every model on the training part of the split."""
-    from .run import TrainSettings, train_run
+    from scperturb_vae.pipelines.train import TrainSettings, train_run
 
     base = _train_base(settings, data)
     evaluated, split = [], None
@@ -192,8 +192,8 @@ def _run_name(model: str) -> str:
 
 def _load_models(settings: EvaluateSettings):
     """Read ``--model`` run folders; they must share one held-out split."""
-    from .heldout import HoldoutSpec
-    from .run import load_run
+    from scperturb_vae.tl.heldout import HoldoutSpec
+    from scperturb_vae.pipelines.train import load_run
 
     loaded = []
     for run in settings.runs:
@@ -239,7 +239,7 @@ def _fewshot_rows(adapt_rows: np.ndarray, labels: np.ndarray, n: int | str) -> n
 
 
 def _evaluate_model(ev: _Evaluated, data, spec, split: pd.Series, settings: EvaluateSettings):
-    from .heldout import adapt_prior, extended_module, heldout_cells, heldout_log_likelihood, mean_and_stderr
+    from scperturb_vae.tl.heldout import adapt_prior, extended_module, heldout_cells, heldout_log_likelihood, mean_and_stderr
 
     model = ev.model
     labels = data.adata.obs[data.perturbation_key].astype(str).to_numpy()
@@ -400,7 +400,6 @@ def _plots(table: pd.DataFrame, fewshot: pd.DataFrame, out: Path, title: str) ->
 
 def evaluate(settings: EvaluateSettings, *, progress_bar: bool = True) -> dict[str, Any]:
     """Run the held-out evaluation and write its folder; returns the tables."""
-    from .run import _versions
 
     settings.validate()
     out = check_output(settings.out, settings.overwrite)
@@ -447,7 +446,7 @@ def evaluate(settings: EvaluateSettings, *, progress_bar: bool = True) -> dict[s
             "models": infos,
             "nll": table.to_dict(orient="records"),
             "fewshot": fewshot.to_dict(orient="records"),
-            "versions": _versions(),
+            "versions": package_versions(),
             "seconds": round(time.perf_counter() - start, 2),
         }
         write_json(_json_safe(summary), tmp / "evaluate.json")

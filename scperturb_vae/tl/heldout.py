@@ -40,9 +40,9 @@ import pandas as pd
 import torch
 from scvi import REGISTRY_KEYS
 
-from .data import COMBINATION_SEP, PerturbationData, split_combination
-from .errors import InputError
-from .priors import ConditionalGaussianPrior, Prior, SparseShiftPrior, StandardNormalPrior
+from scperturb_vae.data.validate import COMBINATION_SEP, PerturbationData, split_combination
+from scperturb_vae.errors import InputError
+from scperturb_vae.module.priors import ConditionalGaussianPrior, Prior, SparseShiftPrior, StandardNormalPrior
 
 logger = logging.getLogger("scperturb_vae")
 
@@ -100,8 +100,8 @@ def resolve_holdout(
     """Resolve ``--holdout CLUSTER`` or ``--holdout-perturbations A,B`` into perturbations.
 
     A cluster name refers to the user's cluster table (``clusters``, read with
-    :func:`scperturb_vae.clusters.read_cluster_table`) or, without one, to the clusters computed
-    from the data (:func:`scperturb_vae.clusters.compute_perturbation_clusters` with
+    :func:`scperturb_vae.tl.clusters.read_cluster_table`) or, without one, to the clusters computed
+    from the data (:func:`scperturb_vae.tl.clusters.compute_perturbation_clusters` with
     ``n_clusters`` and ``n_genes``; deterministic, so ``train`` and ``evaluate`` agree).
     """
     names = _parse_list(holdout_perturbations)
@@ -120,7 +120,7 @@ def resolve_holdout(
             )
         spec = HoldoutSpec(sorted(set(names)), "custom", "list")
     else:
-        from . import clusters as _clusters
+        from scperturb_vae.tl import clusters as _clusters
 
         if clusters is not None:
             # read whole: a cluster none of whose members is in the data is named as such,
@@ -411,7 +411,7 @@ def heldout_log_likelihood(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-cell importance-sampled ``log p(x | a)`` and its Monte Carlo standard error.
 
-    Uses :meth:`~scperturb_vae.module.PerturbationVAEModule.marginal_ll` with the cells' own
+    Uses :meth:`~scperturb_vae.module.vae.PerturbationVAEModule.marginal_ll` with the cells' own
     (extended) perturbation indices for the prior.
     """
     torch.manual_seed(int(seed))

@@ -1,5 +1,5 @@
 r"""One scvi-tools module for the whole model family: encoder, decoder, count likelihood, and a
-pluggable prior ``p(z | a)`` (see :mod:`scperturb_vae.priors`).
+pluggable prior ``p(z | a)`` (see :mod:`scperturb_vae.module.priors`).
 
 Generative model for a cell with counts ``x`` (genes), observed library size ``l = sum(x)``,
 batch ``s`` and perturbation(s) ``a``::
@@ -35,7 +35,7 @@ from scvi.nn import DecoderSCVI, Encoder
 from torch import nn
 from torch.distributions import Normal
 
-from .priors import Prior
+from scperturb_vae.module.priors import Prior
 
 Likelihood = Literal["nb", "zinb", "poisson"]
 LIKELIHOODS = ("nb", "zinb", "poisson")
@@ -74,7 +74,7 @@ class PerturbationVAEModule(BaseModuleClass):
         best recovery (MCC 0.86, graph F1 0.91; layer norm in both 0.62 / 0.62; none 0.47 /
         0.36).  Batch norm evaluates with running averages that lag behind the weights; the
         models recompute them after training
-        (:meth:`~scperturb_vae.models.PerturbationModelBase.recalibrate_batch_norm`).
+        (:meth:`~scperturb_vae.model.models.PerturbationModelBase.recalibrate_batch_norm`).
     """
 
     def __init__(

@@ -1,6 +1,6 @@
 """The user's model classes: ``SVAEPlus``, ``SVAE``, ``IVAE`` and ``VAE``.
 
-All four are scvi-tools models over the same :class:`~scperturb_vae.module.PerturbationVAEModule`
+All four are scvi-tools models over the same :class:`~scperturb_vae.module.vae.PerturbationVAEModule`
 and differ only in the prior object they build.  They share one ``setup_anndata``
 (written once, in :class:`PerturbationModelBase`):
 
@@ -27,10 +27,11 @@ from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin, VAEMixin
 from scvi.utils import setup_anndata_dsp
 
-from .data import COMBINATION_SEP, split_combination, validate_perturbation_adata
-from .module import PerturbationVAEModule
-from .priors import ConditionalGaussianPrior, Prior, SparseShiftPrior, StandardNormalPrior
-from .training import PerturbationTrainingPlan
+from scperturb_vae.data.validate import COMBINATION_SEP, split_combination, validate_perturbation_adata
+from scperturb_vae.module.vae import PerturbationVAEModule
+from scperturb_vae.model.registry import CLASS_NAMES
+from scperturb_vae.module.priors import ConditionalGaussianPrior, Prior, SparseShiftPrior, StandardNormalPrior
+from scperturb_vae.train.plan import PerturbationTrainingPlan
 
 logger = logging.getLogger("scperturb_vae")
 
@@ -80,7 +81,7 @@ class PerturbationModelBase(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
         """Register a perturbation screen.
 
         The data are validated first (raw counts, the perturbation column, the control
-        label; see :func:`scperturb_vae.data.validate_perturbation_adata`).  Labels written
+        label; see :func:`scperturb_vae.data.validate.validate_perturbation_adata`).  Labels written
         ``A+B`` are a cell with two perturbations.  The detected perturbation column and
         control label are recorded in the registry, so saved models reload with them.
 
@@ -188,14 +189,14 @@ class PerturbationModelBase(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
             Learning rate of the network.
         lr_prior
             Learning rate of the prior parameters (default ``10 * lr``); they have their own
-            Adam group with a small ``eps`` (see :mod:`scperturb_vae.training`).
+            Adam group with a small ``eps`` (see :mod:`scperturb_vae.train.plan`).
         n_epochs_kl_warmup
             Epochs over which the KL weight rises from 0 to 1 (default
             :func:`default_kl_warmup`).
         batch_size
             Minibatch size.
         plan_kwargs
-            Further :class:`~scperturb_vae.training.PerturbationTrainingPlan` arguments.
+            Further :class:`~scperturb_vae.train.plan.PerturbationTrainingPlan` arguments.
         **kwargs
             Passed to :meth:`scvi.model.base.UnsupervisedTrainingMixin.train` (``accelerator``,
             ``devices``, ``early_stopping``, ``train_size``, Lightning trainer arguments...).
@@ -299,10 +300,10 @@ class PerturbationModelBase(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
              **kwargs) -> None:
         """Save the model without pickle: ``weights.pt`` (tensors only) and ``model.json``.
 
-        See :mod:`scperturb_vae.persist`.  The folder is written atomically; an existing one
+        See :mod:`scperturb_vae.model.persist`.  The folder is written atomically; an existing one
         is refused unless ``overwrite``.  ``save_anndata`` also writes ``adata.h5ad``.
         """
-        from .persist import save_model
+        from scperturb_vae.model.persist import save_model
 
         if prefix:
             raise TypeError("prefix is not supported: a model folder holds one model")
@@ -319,7 +320,7 @@ class PerturbationModelBase(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
         other genes, weights of another shape) raise :class:`~scperturb_vae.errors.InputError`
         with one line.
         """
-        from .persist import load_model
+        from scperturb_vae.model.persist import load_model
 
         unknown = set(kwargs) - {"prefix", "backup_url"}
         if unknown or kwargs.get("prefix") or kwargs.get("backup_url"):
@@ -421,7 +422,7 @@ _NETWORK_DOC = """
         library size scales the decoded proportions."""
 
 _KWARGS_DOC = """    **module_kwargs
-        Network options of :class:`~scperturb_vae.module.PerturbationVAEModule`:
+        Network options of :class:`~scperturb_vae.module.vae.PerturbationVAEModule`:
         ``n_hidden`` (128), ``n_layers`` (1), ``dropout_rate`` (0.1), ``encoder_norm``
         and ``decoder_norm`` (``"batch"``, ``"layer"`` or ``"none"``; default ``"batch"``), and ``encode_perturbation`` (False;
         True gives the encoder the perturbation, ``q(z | x, a)``)."""
@@ -432,7 +433,7 @@ class SVAEPlus(PerturbationModelBase):
 
     Prior ``z_i | a ~ gamma_i^a N(mu_i^a, 1) + (1 - gamma_i^a) N(0, 1)`` with
     ``gamma_i^a ~ Bernoulli(pi_i^a)`` and ``pi_i^a ~ Beta(1, K)``; see
-    :class:`~scperturb_vae.priors.SparseShiftPrior`.
+    :class:`~scperturb_vae.module.priors.SparseShiftPrior`.
 
     Parameters
     ----------
@@ -531,7 +532,7 @@ class IVAE(PerturbationModelBase):
 
     Prior ``p(z_i | a) = N(m_i^a, exp(l_i^a))`` with free per-perturbation log-variances
     (always modulated: identifiability needs them) and means; see
-    :class:`~scperturb_vae.priors.ConditionalGaussianPrior`.
+    :class:`~scperturb_vae.module.priors.ConditionalGaussianPrior`.
 
     Parameters
     ----------
@@ -590,10 +591,5 @@ class VAE(PerturbationModelBase):
         self.init_params_ = self._get_init_params(locals())
 
 
-#: CLI / config names of the models
-MODELS: dict[str, type[PerturbationModelBase]] = {
-    "svae+": SVAEPlus,
-    "svae": SVAE,
-    "ivae": IVAE,
-    "vae": VAE,
-}
+#: CLI / config name -> model class (the names and their order: :mod:`scperturb_vae.model.registry`)
+MODELS: dict[str, type[PerturbationModelBase]] = {name: globals()[cls] for name, cls in CLASS_NAMES.items()}

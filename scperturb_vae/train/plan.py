@@ -27,7 +27,7 @@ class PerturbationTrainingPlan(TrainingPlan):
     Parameters
     ----------
     module
-        A :class:`~scperturb_vae.module.PerturbationVAEModule`.
+        A :class:`~scperturb_vae.module.vae.PerturbationVAEModule`.
     lr_prior
         Learning rate of the prior's parameters (default: ``10 * lr``).
     eps_prior
@@ -107,7 +107,7 @@ class EpochCheckpoint(Callback):
 
     # the history travels in the checkpoint as plain lists (loadable with weights_only=True)
     def state_dict(self) -> dict:
-        from .persist import _history_to_json
+        from scperturb_vae.model.persist import _history_to_json
 
         logger = getattr(self._trainer, "logger", None)
         history = getattr(logger, "history", None) if logger is not None else None
@@ -123,7 +123,7 @@ class EpochCheckpoint(Callback):
     def on_fit_start(self, trainer, pl_module) -> None:
         if not self._restored or trainer.logger is None:
             return
-        from .persist import _history_from_json
+        from scperturb_vae.model.persist import _history_from_json
 
         experiment = trainer.logger.experiment
         data = getattr(experiment, "data", None)

@@ -20,7 +20,7 @@ are permuted by the Pearson MCC matching, then
   (:func:`average_precision`) of its scores against the true 0/1 graph.
 
 What the "learned graph" is depends on the model
-(:meth:`~scperturb_vae.models.PerturbationModelBase.get_intervention_graph`): sVAE+ and
+(:meth:`~scperturb_vae.model.models.PerturbationModelBase.get_intervention_graph`): sVAE+ and
 sVAE give mask probabilities.  Models without mask probabilities give a score in [0, 1]:
 the iVAE ``1 - exp(-KL(p(z_i | a) || N(0, 1)))`` of its prior, the plain VAE the
 posterior-shift score ``1 - exp(-d^2 / 2)`` (the KL between two unit Gaussians ``d`` apart,

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
-from .io import atomic_dir, write_json
+from scperturb_vae.errors import InputError
+from scperturb_vae.io import atomic_dir, write_json
 
 __all__ = ["MODEL_FORMAT", "MODEL_FORMAT_VERSION", "save_model", "load_model", "read_model_meta"]
 
@@ -102,7 +102,7 @@ def save_model(model, dir_path: str | os.PathLike, *, overwrite: bool = False, s
     """Write ``model`` to ``dir_path`` (``weights.pt`` + ``model.json``), atomically."""
     import torch
 
-    from . import __version__
+    from scperturb_vae import __version__
 
     registry = model.adata_manager.registry
     meta = {
@@ -132,7 +132,7 @@ def save_model(model, dir_path: str | os.PathLike, *, overwrite: bool = False, s
 # --------------------------------------------------------------------------- load
 def read_model_meta(dir_path: str | os.PathLike) -> dict[str, Any]:
     """``model.json`` of a model folder, checked for format and version."""
-    from . import __version__
+    from scperturb_vae import __version__
 
     dir_path = Path(dir_path)
     if not dir_path.is_dir():

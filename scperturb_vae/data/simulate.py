@@ -74,8 +74,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .errors import InputError
-from .io import atomic_path
+from scperturb_vae.errors import InputError
+from scperturb_vae.io import atomic_path
 
 __all__ = [
     "PRESETS",

@@ -35,9 +35,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .data import COMBINATION_SEP, _preview, split_combination
-from .errors import InputError
-from .io import atomic_path
+from scperturb_vae.data.validate import COMBINATION_SEP, _preview, split_combination
+from scperturb_vae.errors import InputError
+from scperturb_vae.io import atomic_path
 
 if TYPE_CHECKING:  # pragma: no cover
     import anndata

@@ -19,7 +19,7 @@ figure alive, and a notebook shows it once, as the value of the cell (or with
 - :func:`heldout_nll` and :func:`fewshot`: the held-out likelihood of
   :func:`scperturb_vae.tl.heldout_nll`.
 
-:mod:`scperturb_vae.interpret` writes the same kinds of plots to files for ``scvae
+:mod:`scperturb_vae.pipelines.interpret` writes the same kinds of plots to files for ``scvae
 interpret``; the drawing here targets given axes instead.
 """
 
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
+from scperturb_vae.errors import InputError
 
 __all__ = [
     "enrichment",
@@ -77,7 +77,7 @@ def _given_axes(ax, n: int, what: str) -> list:
 def _save(fig, save) -> None:
     if save is None:
         return
-    from .io import atomic_path
+    from scperturb_vae.io import atomic_path
 
     path = Path(save)
     fmt = path.suffix.lstrip(".").lower() or "png"
@@ -93,7 +93,7 @@ def _label_size(n: int) -> float:
 
 
 def _key(adata, key: str | None) -> str:
-    from .tl import _resolve_key
+    from scperturb_vae.tl.api import _resolve_key
 
     return _resolve_key(adata, key, "this plot")
 
@@ -124,8 +124,8 @@ def _heatmap(ax, values: np.ndarray, rows: Sequence[str], cols: Sequence[str], *
 # --------------------------------------------------------------------------- graph
 def _matched_columns(adata, key: str, truth: pd.DataFrame, learned: pd.DataFrame) -> list:
     """Learned latent matched to each true latent (Hungarian MCC on the latents), or None."""
-    from .metrics import mean_correlation_coefficient
-    from .tl import _latent
+    from scperturb_vae.tl.metrics import mean_correlation_coefficient
+    from scperturb_vae.tl.api import _latent
 
     if "z_true" not in adata.obsm:
         return [None] * truth.shape[1]
@@ -156,7 +156,7 @@ def graph(
         ``True`` (the simulation's true graph, ``adata.uns["simulation"]``) or a 0/1
         DataFrame: drawn in a second panel.  The learned latents are then put in the order
         of the true latents they match (the Hungarian assignment of
-        :func:`scperturb_vae.metrics.mean_correlation_coefficient` between
+        :func:`scperturb_vae.tl.metrics.mean_correlation_coefficient` between
         ``obsm["z_true"]`` and the model's latents), so a recovered graph looks like the
         truth; rows are the true graph's perturbations.
     cluster
@@ -175,10 +175,10 @@ def graph(
         One heatmap panel per graph, each with a colour bar; x: latents, y: perturbations
         (labelled when at most 150).
     """
-    from .interpret import _cluster_order
+    from scperturb_vae.pipelines.interpret import _cluster_order
 
     if _is_adata(data):
-        from .tl import _graph
+        from scperturb_vae.tl.api import _graph
 
         k = _key(data, key)
         learned = _graph(data, k)
@@ -195,7 +195,7 @@ def graph(
     if truth is True:
         if not _is_adata(data):
             raise InputError("truth=True needs the simulated AnnData; pass the true graph as a DataFrame instead")
-        from .simulate import graph_from_adata
+        from scperturb_vae.data.simulate import graph_from_adata
 
         true = graph_from_adata(data).astype(float)
     elif isinstance(truth, pd.DataFrame):
@@ -311,7 +311,7 @@ def latents(
         Per latent one panel (title: the latent's name; axis labels ``UMAP1``, ``UMAP2``)
         and its colour bar; unused grid cells are removed.
     """
-    from .tl import _latent, _latent_names
+    from scperturb_vae.tl.api import _latent, _latent_names
 
     k = _key(adata, key)
     obsm_key = basis if basis in adata.obsm else "X_" + basis
@@ -392,7 +392,7 @@ def latents_by_perturbation(
     matplotlib.figure.Figure
         A heatmap (x: latents, y: perturbation labels) with its colour bar.
     """
-    from .tl import _latent, _latent_names
+    from scperturb_vae.tl.api import _latent, _latent_names
 
     k = _key(adata, key)
     entry = adata.uns[k]
@@ -447,7 +447,7 @@ def traversal(
 ):
     """Decoded log expression of genes as latents move around real cells.
 
-    :func:`scperturb_vae.interpret.latent_traversal` per latent, drawn as the change from
+    :func:`scperturb_vae.pipelines.interpret.latent_traversal` per latent, drawn as the change from
     the cells' own latents (shift 0); solid lines for genes the latent raises, dashed for
     genes it lowers.
 
@@ -485,14 +485,14 @@ def traversal(
         One panel per latent: title the latent's name, x "LATENT shift (sd units...)",
         y "change in decoded log expression", a legend of the genes.
     """
-    from .interpret import (
+    from scperturb_vae.pipelines.interpret import (
         DEFAULT_TRAVERSAL_VALUES,
         _default_traversal_latents,
         _top_genes,
         latent_traversal,
         perturbation_targets,
     )
-    from .tl import GENE_EFFECTS_SUFFIX, _as_model, _graph, _latent, fitted_keys
+    from scperturb_vae.tl.api import GENE_EFFECTS_SUFFIX, _as_model, _graph, _latent, fitted_keys
 
     trained, _ = _as_model(model)
     names = [str(x) for x in trained.latent_names]
@@ -596,7 +596,7 @@ def enrichment(
     matplotlib.figure.Figure
         x: latents, y: gene sets (``name [source]``), a colour bar and a legend.
     """
-    from .enrichment import ENRICHMENT_COLUMNS
+    from scperturb_vae.tl.enrichment import ENRICHMENT_COLUMNS
 
     if _is_adata(data):
         keys = [k for k, v in data.uns.items() if isinstance(v, Mapping) and isinstance(v.get("enrichment"),
@@ -694,7 +694,7 @@ def enrichment(
 
 # --------------------------------------------------------------------------- held-out likelihood
 def _frame(result, attr: str, columns: Sequence[str], what: str) -> pd.DataFrame:
-    from .tl import HeldoutResult
+    from scperturb_vae.tl.api import HeldoutResult
 
     if isinstance(result, HeldoutResult):
         frame = getattr(result, attr)
@@ -731,7 +731,7 @@ def heldout_nll(result, *, title: str | None = None, ax=None, save: str | os.Pat
         x: the models (tick labels), one bar per setting (``heldout adapted``, ``heldout
         zeroshot``, ``heldin``: the legend), y: ``NLL per cell (nats, lower is better)``.
     """
-    from .evaluate import SETTINGS_ORDER
+    from scperturb_vae.pipelines.evaluate import SETTINGS_ORDER
 
     table = _frame(result, "table", ("model", "setting", "nll", "stderr"), "pl.heldout_nll")
     holdout = result.holdout if not isinstance(result, pd.DataFrame) else {}

@@ -30,14 +30,14 @@ key ``K`` (written by :func:`fit` or :func:`embed`):
     ``gene_effects`` (:func:`gene_effects`), ``enrichment`` (:func:`enrich`) and
     ``recovery`` (:func:`recovery`).
 ``adata.varm["K_gene_effects"]``
-    Genes x latents (DataFrame): :func:`scperturb_vae.interpret.gene_effects`.
+    Genes x latents (DataFrame): :func:`scperturb_vae.pipelines.interpret.gene_effects`.
 
 Everything written into ``uns`` is made of DataFrames, arrays, strings, numbers and
 nested dicts of them (``None`` values are left out), so ``adata.write_h5ad`` keeps it.
 
-The computations are the library's: the models (:data:`scperturb_vae.models.MODELS`),
-:mod:`scperturb_vae.interpret`, :mod:`scperturb_vae.enrichment`, :mod:`scperturb_vae.heldout`
-and :mod:`scperturb_vae.evaluate` (held-out likelihood), :mod:`scperturb_vae.metrics`.
+The computations are the library's: the models (:data:`scperturb_vae.model.models.MODELS`),
+:mod:`scperturb_vae.pipelines.interpret`, :mod:`scperturb_vae.tl.enrichment`, :mod:`scperturb_vae.tl.heldout`
+and :mod:`scperturb_vae.pipelines.evaluate` (held-out likelihood), :mod:`scperturb_vae.tl.metrics`.
 torch and scvi-tools are imported inside the functions, so ``import scperturb_vae.tl`` is
 quick.
 """
@@ -56,7 +56,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
+from scperturb_vae.errors import InputError
+from scperturb_vae.io import package_versions
+from scperturb_vae.model.registry import DEFAULT_KEYS
+from scperturb_vae.model.registry import model_name as registry_model_name
 
 logger = logging.getLogger("scperturb_vae")
 
@@ -74,13 +77,10 @@ __all__ = [
     "recovery",
 ]
 
-#: Default key of each model (``obsm["X_" + key]``, ``uns[key]``).
-DEFAULT_KEYS = {"svae+": "svae", "svae": "svae_l1", "ivae": "ivae", "vae": "vae"}
 
 #: ``varm[key + GENE_EFFECTS_SUFFIX]`` holds a model's gene effects.
 GENE_EFFECTS_SUFFIX = "_gene_effects"
 
-_CLASS_TO_NAME = {"SVAEPlus": "svae+", "SVAE": "svae", "IVAE": "ivae", "VAE": "vae"}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -133,7 +133,7 @@ def default_key(model) -> str:
 
 
 def _model_name(model) -> str:
-    name = _CLASS_TO_NAME.get(type(model).__name__)
+    name = registry_model_name(model)
     if name is None:
         raise InputError(
             f"model must be a trained SVAEPlus, SVAE, IVAE or VAE (or a run folder), not {type(model).__name__}"
@@ -144,7 +144,7 @@ def _model_name(model) -> str:
 def _as_model(model):
     """``(model, run_dir)``: a trained model, or one loaded from a run folder."""
     if isinstance(model, (str, os.PathLike)):
-        from .run import load_run
+        from scperturb_vae.pipelines.train import load_run
 
         run = load_run(model)
         return run.model, str(Path(model).resolve())
@@ -226,8 +226,6 @@ def _with_setup(model, adata, action: str):
 
 
 def _store(adata, key: str, model, latent: np.ndarray, graph: pd.DataFrame, params: dict, extra: dict) -> None:
-    from .run import _versions
-
     name = _model_name(model)
     obsm_key = "X_" + key
     adata.obsm[obsm_key] = np.asarray(latent, dtype=np.float32)
@@ -242,7 +240,7 @@ def _store(adata, key: str, model, latent: np.ndarray, graph: pd.DataFrame, para
         "batch_key": _setup_value(model, "batch_key"),
         "intervention_graph": graph.astype(np.float64),
         "params": params,
-        "versions": _versions(),
+        "versions": package_versions(),
         **extra,
     }
     adata.uns[key] = _writable(entry)
@@ -276,7 +274,7 @@ def _check_settings(model: str, n_latent, max_epochs, batch_size, lr, seed, like
 def _check_model_kwargs(cls, model: str, model_kwargs: Mapping) -> None:
     import inspect
 
-    from .models import _MODULE_OPTIONS
+    from scperturb_vae.model.models import _MODULE_OPTIONS
 
     params = inspect.signature(cls.__init__).parameters
     own = {n for n, p in params.items()
@@ -318,8 +316,8 @@ def _train(
     """Set up ``adata`` for ``model``, train it; returns ``(model, training record)``."""
     import scvi
 
-    from .models import MODELS
-    from .run import _final_metrics, _history_frame
+    from scperturb_vae.model.models import MODELS
+    from scperturb_vae.pipelines.train import _final_metrics, _history_frame
 
     cls = MODELS[model]
     _check_model_kwargs(cls, model, model_kwargs)
@@ -377,7 +375,7 @@ def fit(
     ``scvi.settings.seed = seed`` is set before the model is built, so a seed fixes the
     numbers (on one machine and torch version).  The data are validated first (raw counts,
     the perturbation column, the control label; see
-    :func:`scperturb_vae.data.validate_perturbation_adata`), and registered with the model
+    :func:`scperturb_vae.data.validate.validate_perturbation_adata`), and registered with the model
     (scvi-tools adds its ``_scvi_*`` columns to ``obs``).
 
     Parameters
@@ -385,7 +383,7 @@ def fit(
     adata
         The screen: raw counts in ``X`` (or ``layer``), one perturbation label per cell.
     model
-        ``"svae+"`` (:class:`~scperturb_vae.models.SVAEPlus`), ``"svae"``, ``"ivae"`` or
+        ``"svae+"`` (:class:`~scperturb_vae.model.models.SVAEPlus`), ``"svae"``, ``"ivae"`` or
         ``"vae"``.
     perturbation_key, control_label
         The ``obs`` column of the labels and the control's label (detected when ``None``).
@@ -440,7 +438,7 @@ def fit(
     ------
     InputError
         Not an AnnData, an unknown model or option, bad settings, or data the models
-        cannot use (see :func:`scperturb_vae.data.validate_perturbation_adata`).
+        cannot use (see :func:`scperturb_vae.data.validate.validate_perturbation_adata`).
     """
     _check_adata(adata)
     _check_settings(model, n_latent, max_epochs, batch_size, lr, seed, likelihood)
@@ -478,7 +476,7 @@ def embed(adata, model, *, key_added: str | None = None, copy: bool = False):
         refused).
     model
         A trained model, or a run folder made by ``scvae train``
-        (:func:`scperturb_vae.run.load_run`, which reads the input file named in its
+        (:func:`scperturb_vae.pipelines.train.load_run`, which reads the input file named in its
         ``run.json``).
     key_added
         The key (default: the key of a model of the same class already in ``adata``,
@@ -507,7 +505,7 @@ def embed(adata, model, *, key_added: str | None = None, copy: bool = False):
     params: dict[str, Any] = {"init_params": _model_params(trained)}
     extra: dict[str, Any] = {"source": "tl.embed"}
     if run_dir is not None:
-        from .run import read_run_summary
+        from scperturb_vae.pipelines.train import read_run_summary
 
         settings = read_run_summary(run_dir).get("settings", {})
         params["run_settings"] = {k: v for k, v in settings.items() if k not in ("out", "overwrite")}
@@ -529,7 +527,7 @@ def gene_effects(
 ):
     """The change of each gene's decoded log expression per standard deviation of each latent.
 
-    :func:`scperturb_vae.interpret.gene_effects` (see there for the definition) over a
+    :func:`scperturb_vae.pipelines.interpret.gene_effects` (see there for the definition) over a
     seeded sample of ``n_cells`` cells of ``adata``.
 
     Parameters
@@ -549,9 +547,9 @@ def gene_effects(
     Returns
     -------
     pandas.DataFrame, or (adata copy, DataFrame) with ``copy=True``
-        Latents x genes, as :func:`scperturb_vae.interpret.gene_effects` (the transpose of
+        Latents x genes, as :func:`scperturb_vae.pipelines.interpret.gene_effects` (the transpose of
         the ``varm`` entry; ``attrs["latent_sd"]`` and ``attrs["n_cells"]``), ready for
-        :func:`scperturb_vae.enrichment.enrich_latents`.
+        :func:`scperturb_vae.tl.enrichment.enrich_latents`.
 
     Writes
     ------
@@ -561,7 +559,7 @@ def gene_effects(
         ``n_cells`` (used), ``seed``, ``latent_sd`` (latent -> standard deviation of its
         posterior means over the sampled cells).
     """
-    from .interpret import gene_effects as _gene_effects
+    from scperturb_vae.pipelines.interpret import gene_effects as _gene_effects
 
     _check_adata(adata)
     trained, _ = _as_model(model)
@@ -590,7 +588,7 @@ def gene_effects(
 
 
 def _gene_set_sources(gene_sets, organism) -> dict[str, dict[str, list[str]]]:
-    from .enrichment import load_gene_sets
+    from scperturb_vae.tl.enrichment import load_gene_sets
 
     if isinstance(gene_sets, (str, os.PathLike)):
         return load_gene_sets(gene_sets, organism=organism)
@@ -644,7 +642,7 @@ def enrich(
 ) -> pd.DataFrame:
     """Gene-set enrichment of each latent's gene effects (run :func:`gene_effects` first).
 
-    :func:`scperturb_vae.enrichment.enrich_latents` on ``adata.varm[key + "_gene_effects"]``:
+    :func:`scperturb_vae.tl.enrichment.enrich_latents` on ``adata.varm[key + "_gene_effects"]``:
     over-representation among each latent's ``top_n`` genes and rank-sum tests, for the
     genes it raises (``up``), lowers (``down``) or moves either way (``any``), with the FDR
     per latent, source and test.
@@ -654,13 +652,13 @@ def enrich(
     adata
         An AnnData with gene effects.
     gene_sets
-        A GMT file or CORUM table (:func:`scperturb_vae.enrichment.read_gene_sets`), a list
+        A GMT file or CORUM table (:func:`scperturb_vae.tl.enrichment.read_gene_sets`), a list
         of them (each file a source named by its stem), a dict ``{set name: genes}`` (one
         source, ``"gene_sets"``), or a dict ``{source: {set name: genes}}``.
     key
         Whose gene effects (default: the only ones in ``adata.varm``).
     top_n, min_size, max_size, tests, directions
-        As :func:`scperturb_vae.enrichment.enrich_latents`.
+        As :func:`scperturb_vae.tl.enrichment.enrich_latents`.
     organism
         Organism kept from CORUM tables (``None``: all).
     store
@@ -669,7 +667,7 @@ def enrich(
     Returns
     -------
     pandas.DataFrame
-        Columns :data:`scperturb_vae.enrichment.ENRICHMENT_COLUMNS`, sorted by latent then
+        Columns :data:`scperturb_vae.tl.enrichment.ENRICHMENT_COLUMNS`, sorted by latent then
         FDR; ``attrs["universe"]`` and ``attrs["n_sets"]`` per source.
 
     Writes
@@ -680,7 +678,7 @@ def enrich(
         ``top_n``, ``min_size``, ``max_size``, ``tests``, ``directions``, and per source the
         ``universe`` size and the number of sets tested (``n_sets``).
     """
-    from .enrichment import enrich_latents
+    from scperturb_vae.tl.enrichment import enrich_latents
 
     _check_adata(adata)
     key = _effects_key(adata, key)
@@ -714,9 +712,9 @@ def enrich(
 def recovery(adata, *, key: str | None = None, truth_key: str = "z_true") -> dict[str, Any]:
     """Recovery of a simulation's true latents and graph by a fitted model.
 
-    :func:`scperturb_vae.metrics.recovery_summary` of ``adata.obsm[truth_key]`` and the
+    :func:`scperturb_vae.tl.metrics.recovery_summary` of ``adata.obsm[truth_key]`` and the
     true graph of ``adata.uns["simulation"]``
-    (:func:`scperturb_vae.simulate.graph_from_adata`) against the model's latents
+    (:func:`scperturb_vae.data.simulate.graph_from_adata`) against the model's latents
     (``obsm["X_" + key]``) and intervention graph (``uns[key]["intervention_graph"]``).
 
     Returns
@@ -737,8 +735,8 @@ def recovery(adata, *, key: str | None = None, truth_key: str = "z_true") -> dic
     InputError
         Without a simulation's truth, or without a fitted model.
     """
-    from .metrics import recovery_summary
-    from .simulate import graph_from_adata
+    from scperturb_vae.tl.metrics import recovery_summary
+    from scperturb_vae.data.simulate import graph_from_adata
 
     _check_adata(adata)
     key = _resolve_key(adata, key, "tl.recovery")
@@ -786,7 +784,7 @@ class HeldoutResult:
 
 
 def _check_fewshot(fewshot) -> list:
-    from .evaluate import parse_fewshot
+    from scperturb_vae.pipelines.evaluate import parse_fewshot
 
     if isinstance(fewshot, (str, numbers.Integral)):
         fewshot = [fewshot]
@@ -833,12 +831,12 @@ def heldout_nll(
 
     1. The held-out perturbations (``holdout_perturbations``, or the cluster ``holdout`` of
        a cluster table or of clusters computed from the data;
-       :func:`scperturb_vae.heldout.resolve_holdout`) and the split
-       (:func:`scperturb_vae.heldout.make_split`): every cell of a held-out perturbation is
+       :func:`scperturb_vae.tl.heldout.resolve_holdout`) and the split
+       (:func:`scperturb_vae.tl.heldout.make_split`): every cell of a held-out perturbation is
        held out, a seeded ``adapt_fraction`` of each held-out label adapts, the rest
        evaluates; all other cells train.
     2. Each model is trained (as :func:`fit`) on the training cells.
-    3. :mod:`scperturb_vae.evaluate`'s scoring of each model: ``heldout_zeroshot`` (the
+    3. :mod:`scperturb_vae.pipelines.evaluate`'s scoring of each model: ``heldout_zeroshot`` (the
        held-out perturbations unknown to the prior), ``heldout_adapted`` (only their new
        prior rows fitted on the adaptation cells, networks frozen), ``heldin`` (the
        validation cells of the training perturbations), importance-sampled NLL per cell,
@@ -853,7 +851,7 @@ def heldout_nll(
         The screen (raw counts).
     holdout_perturbations
         Perturbations to hold out (a list, or one comma-separated string).  For a screen
-        made by :func:`scperturb_vae.simulate.simulate_screen`, the ones it marks held out
+        made by :func:`scperturb_vae.data.simulate.simulate_screen`, the ones it marks held out
         are ``adata.uns["simulation"]["heldout_perturbations"]``.
     holdout, clusters, n_clusters
         Or a cluster name, of the cluster table ``clusters`` or of ``n_clusters`` clusters
@@ -886,9 +884,9 @@ def heldout_nll(
     -------
     HeldoutResult
     """
-    from .data import validate_perturbation_adata
-    from .evaluate import EvaluateSettings, _evaluate_model, _Evaluated
-    from .heldout import make_split, resolve_holdout
+    from scperturb_vae.data.validate import validate_perturbation_adata
+    from scperturb_vae.pipelines.evaluate import EvaluateSettings, _evaluate_model, _Evaluated
+    from scperturb_vae.tl.heldout import make_split, resolve_holdout
 
     _check_adata(adata)
     models = [models] if isinstance(models, str) else list(models)

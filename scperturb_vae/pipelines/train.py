@@ -4,7 +4,7 @@ This is what ``scvae train`` does, as a library function (:func:`train_run`) so 
 and other commands get the same outputs.  The run folder ``runs/NAME/`` holds:
 
 ``model/``
-    The model: ``weights.pt`` (tensors only) and ``model.json`` (see :mod:`scperturb_vae.persist`),
+    The model: ``weights.pt`` (tensors only) and ``model.json`` (see :mod:`scperturb_vae.model.persist`),
     loadable with ``SVAEPlus.load("runs/NAME/model", adata=adata)`` or :func:`load_run` (the
     class is named in ``run.json``; the AnnData is the input, set up again on load).
 ``latent.h5ad``
@@ -36,15 +36,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .data import PerturbationData, open_perturbation_adata
-from .errors import InputError
-from .io import atomic_dir, check_output, write_json
+from scperturb_vae.data.validate import PerturbationData, open_perturbation_adata
+from scperturb_vae.errors import InputError
+from scperturb_vae.io import atomic_dir, check_output, package_versions, write_json
+from scperturb_vae.model.registry import MODEL_NAMES
 
 logger = logging.getLogger("scperturb_vae")
 
 __all__ = ["TrainSettings", "TrainResult", "train_run", "MODEL_NAMES", "LoadedRun", "load_run", "read_run_summary"]
 
-MODEL_NAMES = ("svae+", "svae", "ivae", "vae")
 #: fewest cells a model can be trained on: scvi-tools keeps ceil(90%) of them for training
 #: and fails without a validation cell, i.e. below 10 cells
 MIN_TRAINING_CELLS = 10
@@ -75,7 +75,7 @@ class TrainSettings:
     ll_cells: int = 1000
     ll_samples: int = 100
     model_kwargs: dict[str, Any] = field(default_factory=dict)
-    #: held-out perturbations (see :mod:`scperturb_vae.heldout`): a cluster name ...
+    #: held-out perturbations (see :mod:`scperturb_vae.tl.heldout`): a cluster name ...
     holdout: str | None = None
     #: ... or a list of perturbations
     holdout_perturbations: list[str] | None = None
@@ -130,18 +130,6 @@ class TrainResult:
 
 def _devices(value: str) -> int | str:
     return int(value) if str(value).isdigit() else value
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("scperturb-vae", "scvi-tools", "torch", "lightning", "anndata", "numpy", "scipy", "pandas"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
 
 
 def _history_frame(history: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -203,8 +191,8 @@ def _recovery(adata, latent: np.ndarray, graph: pd.DataFrame) -> dict[str, Any] 
     """Recovery of a simulation's truth (MCC, graph F1) when the input carries it."""
     if "simulation" not in adata.uns or "z_true" not in adata.obsm:
         return None
-    from .metrics import recovery_summary
-    from .simulate import graph_from_adata
+    from scperturb_vae.tl.metrics import recovery_summary
+    from scperturb_vae.data.simulate import graph_from_adata
 
     return recovery_summary(np.asarray(adata.obsm["z_true"]), latent, graph_from_adata(adata), graph)
 
@@ -231,7 +219,7 @@ def _holdout_split(settings: TrainSettings, data: PerturbationData):
     """The held-out perturbations and the cell parts, or ``(None, None)`` without a holdout."""
     if not settings.has_holdout:
         return None, None
-    from .heldout import make_split, resolve_holdout
+    from scperturb_vae.tl.heldout import make_split, resolve_holdout
 
     spec = resolve_holdout(
         data, holdout=settings.holdout, holdout_perturbations=settings.holdout_perturbations,
@@ -270,7 +258,7 @@ def _backed_subset(adata, mask: np.ndarray, directory: Path | None, reuse: bool 
 
     import anndata as ad
 
-    from .ondisk import write_rows
+    from scperturb_vae.data.ondisk import write_rows
 
     if directory is None:
         directory = Path(tempfile.mkdtemp(prefix="scvae-train-cells-"))
@@ -297,7 +285,7 @@ def _fit(
     import scvi
     import torch
 
-    from .models import MODELS
+    from scperturb_vae.model.models import MODELS
 
     worker = _distributed_worker()
     if parts is None:
@@ -324,7 +312,7 @@ def _fit(
     resumed_from = None
     saver = None
     if checkpoint_dir is not None:
-        from .training import EpochCheckpoint, read_checkpoint_progress
+        from scperturb_vae.train.plan import EpochCheckpoint, read_checkpoint_progress
 
         saver = EpochCheckpoint(checkpoint_dir, settings.checkpoint_every)
         trainer_kwargs["callbacks"] = [saver]
@@ -377,7 +365,7 @@ def _fit(
     graph = model.get_intervention_graph(latent=latent)
 
     validation_ll = _validation_likelihood(model, settings)
-    from .metrics import posterior_collapse
+    from scperturb_vae.tl.metrics import posterior_collapse
 
     diagnostics = posterior_collapse(model, seed=settings.seed)
 
@@ -397,7 +385,7 @@ def _fit(
             "max_epochs": epochs,
         },
         "input": {"path": str(Path(settings.adata).resolve()), "sha256": data.sha256},
-        "versions": _versions(),
+        "versions": package_versions(),
         "command": sys.argv,
         "timing": {
             "train_seconds": round(seconds, 3),
@@ -486,7 +474,7 @@ def _safe_checkpoint(directory: Path) -> Path:
     """The checkpoint file, after checking it holds nothing but plain data (no pickled objects)."""
     import torch
 
-    from .training import EpochCheckpoint
+    from scperturb_vae.train.plan import EpochCheckpoint
 
     path = directory / EpochCheckpoint.FILE
     try:
@@ -501,8 +489,8 @@ def _safe_checkpoint(directory: Path) -> Path:
 
 def _prepare_checkpoints(settings: TrainSettings, out: Path, sha256: str) -> Path:
     """Create (or, with ``resume``, check) the checkpoint folder of ``out``."""
-    from .errors import OutputError
-    from .training import read_checkpoint_progress
+    from scperturb_vae.errors import OutputError
+    from scperturb_vae.train.plan import read_checkpoint_progress
 
     directory = checkpoint_dir(out)
     progress = read_checkpoint_progress(directory)
@@ -551,7 +539,7 @@ def train_run(
     ``data`` is the already opened ``settings.adata`` (commands that train several models
     read the file once).  With a holdout (``settings.holdout`` or
     ``settings.holdout_perturbations``) the held-out cells are left out of training and the
-    split is written to ``split.csv`` (see :mod:`scperturb_vae.heldout`); ``holdout`` is an
+    split is written to ``split.csv`` (see :mod:`scperturb_vae.tl.heldout`); ``holdout`` is an
     already computed ``(HoldoutSpec, parts)`` pair of that split.
     """
     settings.validate()
@@ -680,7 +668,7 @@ def load_run(run_dir: str | Path, adata: str | Path | None = None, *, check_inpu
     """
     import anndata as ad
 
-    from .models import MODELS
+    from scperturb_vae.model.models import MODELS
 
     run_dir = Path(run_dir)
     summary = read_run_summary(run_dir)

@@ -6,7 +6,7 @@ An identifiable latent becomes useful once a biologist can name it.  Two views d
   (:func:`perturbation_targets`: "latent07 is shifted by knockouts of MED12, MED13,
   CCNC"), and tested for enrichment of perturbation groups (clusters, complexes);
 - the genes it moves, its decoder effects (:func:`gene_effects`), tested for enrichment
-  of gene sets (:func:`scperturb_vae.enrichment.enrich_latents`: "Mediator complex",
+  of gene sets (:func:`scperturb_vae.tl.enrichment.enrich_latents`: "Mediator complex",
   "interferon-gamma response").
 
 :func:`interpret_run` does both for a run folder (``scvae train``'s output) and writes
@@ -16,7 +16,7 @@ one output folder (built under a temporary name, renamed when complete):
     Latents (named as in ``latent.h5ad``) x genes: :func:`gene_effects`.
 ``enrichment.csv``
     Gene-set enrichment, sorted by latent then FDR (columns: see
-    :data:`scperturb_vae.enrichment.ENRICHMENT_COLUMNS`).
+    :data:`scperturb_vae.tl.enrichment.ENRICHMENT_COLUMNS`).
 ``perturbation_targets.csv``
     :func:`perturbation_targets` of the run's intervention graph.
 ``perturbation_enrichment.csv``
@@ -46,8 +46,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
-from .io import atomic_dir, check_output, write_json
+from scperturb_vae.errors import InputError
+from scperturb_vae.io import atomic_dir, check_output, write_json
 
 logger = logging.getLogger("scperturb_vae")
 
@@ -65,7 +65,7 @@ __all__ = [
 ]
 
 #: A latent whose posterior means vary less than this across cells is called inactive
-#: (as :func:`scperturb_vae.metrics.active_units`).
+#: (as :func:`scperturb_vae.tl.metrics.active_units`).
 ACTIVE_VARIANCE = 0.01
 
 #: Targets kept per latent whose graph column is dense (see :func:`perturbation_targets`).
@@ -173,7 +173,7 @@ def gene_effects(model, adata=None, *, n_cells: int = 2000, seed: int = 0, batch
     Parameters
     ----------
     model
-        A trained model of :mod:`scperturb_vae.models`.
+        A trained model of :mod:`scperturb_vae.model.models`.
     adata
         Cells to average over (set up for the model); default: the model's own.
     n_cells
@@ -373,7 +373,7 @@ def read_groups(path: str | os.PathLike, *, organism: str | None = "Human") -> t
     A CORUM table (header with ``ComplexName`` and ``subunits(Gene name)``) gives one group
     per complex, its subunit genes being the perturbations (a perturbation is the gene
     it knocks down); a ``.gmt`` file one group per set; anything else is read as a cluster
-    table by :func:`scperturb_vae.clusters.read_cluster_table` (long or "members" layout).
+    table by :func:`scperturb_vae.tl.clusters.read_cluster_table` (long or "members" layout).
 
     Returns
     -------
@@ -381,7 +381,7 @@ def read_groups(path: str | os.PathLike, *, organism: str | None = "Human") -> t
         Group -> perturbations; group -> description (cluster tables); ``"corum"``,
         ``"gmt"`` or ``"clusters"``.
     """
-    from .enrichment import _is_corum_header, _read_text, read_gene_sets
+    from scperturb_vae.tl.enrichment import _is_corum_header, _read_text, read_gene_sets
 
     path = Path(path).expanduser()
     text = _read_text(path, "groups file")
@@ -392,7 +392,7 @@ def read_groups(path: str | os.PathLike, *, organism: str | None = "Human") -> t
         return read_gene_sets(path, organism=organism), {}, "corum"
     if path.suffix.lower() == ".gmt":
         return read_gene_sets(path), {}, "gmt"
-    from .clusters import read_cluster_table
+    from scperturb_vae.tl.clusters import read_cluster_table
 
     table = read_cluster_table(path)
     groups: dict[str, list[str]] = {}
@@ -548,7 +548,7 @@ def plot_enrichment_dotplot(enrichment: pd.DataFrame, latents: Sequence[str], pa
     Drawn by :func:`scperturb_vae.pl.enrichment` (``ora`` when present, else ``rank``;
     each latent's ``per_latent`` best sets, at most ``max_sets``) and written to ``path``.
     """
-    from .pl import enrichment as draw
+    from scperturb_vae.pl.api import enrichment as draw
 
     draw(enrichment, latents=list(latents), per_latent=per_latent, max_sets=max_sets, save=path)
 
@@ -642,9 +642,9 @@ def interpret_run(
     Parameters
     ----------
     run_dir
-        A run folder made by ``scvae train`` (:func:`scperturb_vae.run.train_run`).
+        A run folder made by ``scvae train`` (:func:`scperturb_vae.pipelines.train.train_run`).
     gene_set_paths
-        One or more GMT files or CORUM tables (:func:`scperturb_vae.enrichment.read_gene_sets`).
+        One or more GMT files or CORUM tables (:func:`scperturb_vae.tl.enrichment.read_gene_sets`).
     out
         The folder to write.
     groups
@@ -684,13 +684,13 @@ def interpret_run(
     OutputError
         ``out`` exists (without ``overwrite``) or cannot be written.
     """
-    from .enrichment import (
+    from scperturb_vae.tl.enrichment import (
         enrich_latents,
         load_gene_sets,
         perturbation_set_enrichment,
         restrict_gene_sets,
     )
-    from .run import load_run, read_run_summary
+    from scperturb_vae.pipelines.train import load_run, read_run_summary
 
     start = time.perf_counter()
     timing: dict[str, float] = {}
@@ -843,9 +843,9 @@ def program_match(enrichment: pd.DataFrame, truth, latent: np.ndarray, latent_na
     latent is *active* when the variance of its posterior means exceeds ``active_variance``;
     its top set is the first row of ``enrichment`` (sorted by FDR) for it, and it is correct
     when that set is the true latent's program (``z{j:02d}_program``, as written by
-    :func:`scperturb_vae.simulate.programs_to_gene_sets`).
+    :func:`scperturb_vae.data.simulate.programs_to_gene_sets`).
     """
-    from .metrics import mean_correlation_coefficient
+    from scperturb_vae.tl.metrics import mean_correlation_coefficient
 
     latent = np.asarray(latent, dtype=float)
     names = [str(n) for n in latent_names]

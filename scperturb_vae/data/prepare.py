@@ -20,7 +20,7 @@ a new one in which
   mapping, renaming and drop done.
 
 Columns of ``obs`` that ``scvae train`` would also take for the perturbation column
-(``gene``, ``target_gene``, ...; see :data:`~scperturb_vae.data.PERTURBATION_KEY_CANDIDATES`)
+(``gene``, ``target_gene``, ...; see :data:`~scperturb_vae.data.validate.PERTURBATION_KEY_CANDIDATES`)
 are renamed with the prefix ``orig_`` (``orig_gene``), and the source ``perturbation``
 column becomes ``orig_perturbation``, so that the prepared file has exactly one
 perturbation column.  The control is renamed ``"control"`` (the original label is in
@@ -74,7 +74,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .data import (
+from scperturb_vae.data.validate import (
     COMBINATION_SEP,
     PERTURBATION_KEY_CANDIDATES,
     PerturbationData,
@@ -89,8 +89,8 @@ from .data import (
     resolve_perturbation_key,
     validate_perturbation_adata,
 )
-from .errors import InputError, OutputError
-from .io import atomic_path, check_output
+from scperturb_vae.errors import InputError, OutputError
+from scperturb_vae.io import atomic_path, check_output
 
 if TYPE_CHECKING:  # pragma: no cover
     import anndata
@@ -396,7 +396,7 @@ def _read_counts(X: Any, keep: np.ndarray, what: str) -> tuple[sp.csr_matrix, st
     ------
     InputError
         When the values are not finite, non-negative integers (see
-        :func:`~scperturb_vae.data.check_counts`).
+        :func:`~scperturb_vae.data.validate.check_counts`).
     """
     shape = tuple(getattr(X, "shape", ()))
     if len(shape) != 2:
@@ -574,7 +574,7 @@ def prepare_adata(
         ``perturbation`` (scperturb), the one candidate column present (generic)].
     control_label
         The source label of the control cells [default: the one label spelled like a
-        control, see :func:`~scperturb_vae.data.resolve_control_label`].
+        control, see :func:`~scperturb_vae.data.validate.resolve_control_label`].
     gene_names
         The ``var`` column of gene symbols to use as gene names [default: ``gene_name``
         for replogle; otherwise a symbol column when the names are Ensembl IDs].
@@ -600,7 +600,7 @@ def prepare_adata(
     """
     import anndata
 
-    from . import __version__
+    from scperturb_vae import __version__
 
     layout, how = _resolve_layout(layout, adata.obs)
     if how != "given":
@@ -808,7 +808,7 @@ def prepare_screen(
 
     The source file is opened read-only and backed: its counts are read block by block
     and never densified whole; it is never written.  The prepared AnnData is validated
-    with :func:`~scperturb_vae.data.validate_perturbation_adata` (so a prepared file
+    with :func:`~scperturb_vae.data.validate.validate_perturbation_adata` (so a prepared file
     always trains) and written atomically.
 
     Parameters
