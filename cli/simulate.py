@@ -48,7 +48,8 @@ def simulate(
     with user_errors(ctx):
         from scperturb_vae.errors import InputError
         from scperturb_vae.io import atomic_path, check_output
-        from scperturb_vae.data.simulate import programs_to_gene_sets, simulate_screen, write_gmt
+        from scperturb_vae.data.genesets import write_gmt
+        from scperturb_vae.data.simulate import programs_to_gene_sets, simulate_screen
 
         check_output(out, overwrite)
         if gmt is not None:

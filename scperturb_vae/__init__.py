@@ -42,8 +42,8 @@ _LAZY = {
     "OutputError": "errors",
 }
 
-#: submodules imported on first use (``sv.tl``, ``sv.pl``)
-_SUBMODULES = ("tl", "pl")
+#: submodules imported on first use (``sv.tl``, ``sv.pl``, ``sv.get``)
+_SUBMODULES = ("tl", "pl", "get")
 
 __all__ = sorted(_LAZY) + list(_SUBMODULES) + ["__version__"]
 

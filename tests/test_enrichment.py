@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from scperturb_vae.data.genesets import load_gene_sets, read_gene_sets, restrict_gene_sets
 from scperturb_vae.tl.enrichment import (
     ENRICHMENT_COLUMNS,
     PERTURBATION_ENRICHMENT_COLUMNS,
@@ -16,12 +17,9 @@ from scperturb_vae.tl.enrichment import (
     benjamini_hochberg,
     enrich_latents,
     hypergeom_sf,
-    load_gene_sets,
     log_binomial,
     perturbation_set_enrichment,
     rank_sum_test,
-    read_gene_sets,
-    restrict_gene_sets,
 )
 from scperturb_vae.errors import InputError
 

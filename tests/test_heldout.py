@@ -216,7 +216,7 @@ def test_held_out_perturbations_are_absent_from_training(holdout_run, screen):
 
 
 def test_load_run_restores_the_model_on_its_training_cells(holdout_run):
-    from scperturb_vae.pipelines.train import load_run
+    from scperturb_vae.model.runs import load_run
 
     loaded = load_run(holdout_run.out)
     assert loaded.adata.n_obs == holdout_run.model.adata.n_obs

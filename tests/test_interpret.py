@@ -208,7 +208,8 @@ def test_programs_top_set_is_the_true_program(tmp_path):
 
     from scperturb_vae.tl.metrics import mean_correlation_coefficient
     from scperturb_vae.pipelines.train import TrainSettings, train_run
-    from scperturb_vae.data.simulate import programs_to_gene_sets, simulate_screen, write_gmt
+    from scperturb_vae.data.genesets import write_gmt
+    from scperturb_vae.data.simulate import programs_to_gene_sets, simulate_screen
 
     adata = simulate_screen("programs", seed=0, **HEADLINE)
     h5, gmt = tmp_path / "sim.h5ad", tmp_path / "programs.gmt"
@@ -256,7 +257,8 @@ def test_programs_top_set_is_the_true_program(tmp_path):
 def tiny_run(tmp_path_factory):
     """A 3-epoch sVAE+ run on a tiny programs screen, its GMT and a cluster table."""
     from scperturb_vae.pipelines.train import TrainSettings, train_run
-    from scperturb_vae.data.simulate import programs_to_gene_sets, simulate_screen, write_gmt
+    from scperturb_vae.data.genesets import write_gmt
+    from scperturb_vae.data.simulate import programs_to_gene_sets, simulate_screen
 
     folder = tmp_path_factory.mktemp("interp_cli")
     adata = simulate_screen("programs", seed=2, n_latent=3, n_perturbations=6, n_cells_per_perturbation=25,
@@ -401,7 +403,7 @@ def test_real_gene_sets_overlap_datlinger_genes():
         pytest.skip("shared data files are absent")
     import anndata as ad
 
-    from scperturb_vae.tl.enrichment import read_gene_sets, restrict_gene_sets
+    from scperturb_vae.data.genesets import read_gene_sets, restrict_gene_sets
 
     genes = ad.read_h5ad(h5, backed="r").var_names.astype(str)
     universe, kept = restrict_gene_sets(read_gene_sets(hallmark), list(genes), min_size=5)

@@ -28,7 +28,8 @@ from typer.testing import CliRunner
 
 import scperturb_vae as sv
 from scperturb_vae.errors import InputError
-from scperturb_vae.pipelines.train import TrainSettings, _prepare_checkpoints, _safe_checkpoint, checkpoint_dir, load_run
+from scperturb_vae.model.runs import load_run
+from scperturb_vae.pipelines.train import TrainSettings, _prepare_checkpoints, _safe_checkpoint, checkpoint_dir
 from scperturb_vae.data.simulate import simulate_screen
 from scvae_cli.main import app
 

@@ -23,7 +23,7 @@ import scipy.sparse as sp
 from typer.testing import CliRunner
 
 from scperturb_vae.data.ondisk import write_rows
-from scperturb_vae.pipelines.train import load_run
+from scperturb_vae.model.runs import load_run
 from scperturb_vae.data.simulate import simulate_screen
 from scvae_cli.main import app
 

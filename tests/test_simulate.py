@@ -10,13 +10,12 @@ import scipy.sparse as sp
 from scipy.stats import spearmanr
 
 from scperturb_vae.errors import InputError
+from scperturb_vae.data.genesets import read_gene_sets, write_gmt
 from scperturb_vae.data.simulate import (
     PRESETS,
     graph_from_adata,
     programs_to_gene_sets,
-    read_gmt,
     simulate_screen,
-    write_gmt,
 )
 
 SMALL_PAPER = dict(n_perturbations=12, n_cells_per_perturbation=20, n_heldout=2, n_latent=6)
@@ -187,19 +186,20 @@ def test_gmt_round_trip(tmp_path):
     sets = programs_to_gene_sets(adata)
     path = tmp_path / "programs.gmt"
     write_gmt(sets, path)
-    assert read_gmt(path) == sets
+    assert read_gene_sets(path) == sets  # the package's one GMT reader
     text = path.read_text()
     first = text.splitlines()[0].split("\t")
     assert first[0] == "z00_program" and first[1] == "scperturb-vae simulation"
     # per-set descriptions, overwrite in place, blank lines skipped
     write_gmt({"a": ["g1", "g2"], "b": []}, path, description={"a": "first"})
     path.write_text(path.read_text() + "\n\n")
-    assert read_gmt(path) == {"a": ["g1", "g2"], "b": []}
+    assert path.read_text().splitlines()[:2] == ["a\tfirst\tg1\tg2", "b\t"]
+    assert read_gene_sets(path) == {"a": ["g1", "g2"]}  # a set without genes is not a set
     assert [p.name for p in tmp_path.iterdir()] == ["programs.gmt"]  # no temp file left
     with pytest.raises(InputError):
         write_gmt({"bad\tname": ["g"]}, tmp_path / "x.gmt")
     with pytest.raises(InputError):
-        read_gmt(tmp_path / "missing.gmt")
+        read_gene_sets(tmp_path / "missing.gmt")
 
 
 def test_input_errors():

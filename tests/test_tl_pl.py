@@ -23,8 +23,10 @@ import torch  # noqa: E402
 
 import scperturb_vae as sv  # noqa: E402
 from scperturb_vae import pl, tl  # noqa: E402
+from scperturb_vae.get import fitted as sv_get  # noqa: E402
 from scperturb_vae.errors import InputError  # noqa: E402
-from scperturb_vae.data.simulate import graph_from_adata, simulate_screen, write_gmt  # noqa: E402
+from scperturb_vae.data.genesets import write_gmt  # noqa: E402
+from scperturb_vae.data.simulate import graph_from_adata, simulate_screen  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 N_LATENT = 3
@@ -141,7 +143,7 @@ def test_fit_output_survives_h5ad_and_feeds_scanpy(fitted, tmp_path):
     adata.write_h5ad(path)
     back = ad.read_h5ad(path)
     entry = back.uns["svae"]
-    pd.testing.assert_frame_equal(tl._graph(back, "svae"), tl._graph(adata, "svae"))
+    pd.testing.assert_frame_equal(sv_get.graph(back, "svae"), sv_get.graph(adata, "svae"))
     assert [str(x) for x in entry["latent_names"]] == list(adata.uns["svae"]["latent_names"])
     assert entry["params"]["n_latent"] == N_LATENT and entry["params"]["init_params"]["beta_k"] == 100.0
     assert entry["recovery"]["mcc_pearson"] == pytest.approx(adata.uns["svae"]["recovery"]["mcc_pearson"])
@@ -186,13 +188,14 @@ def test_scanpy_neighbors_at_screen_size(fitted):
 
 
 def test_embed_repeats_fit_and_loads_run_folders(fitted, sim, tmp_path):
-    from scperturb_vae.pipelines.train import TrainSettings, load_run, train_run
+    from scperturb_vae.model.runs import load_run
+    from scperturb_vae.pipelines.train import TrainSettings, train_run
 
     adata, model = fitted
     other = sim.copy()
     assert tl.embed(other, model) is None
     np.testing.assert_allclose(other.obsm["X_svae"], adata.obsm["X_svae"], rtol=1e-5, atol=1e-6)
-    pd.testing.assert_frame_equal(tl._graph(other, "svae"), tl._graph(adata, "svae"))
+    pd.testing.assert_frame_equal(sv_get.graph(other, "svae"), sv_get.graph(adata, "svae"))
     assert other.uns["svae"]["source"] == "tl.embed" and "training" not in other.uns["svae"]
     copied = tl.embed(other, model, key_added="again", copy=True)
     assert "X_again" in copied.obsm and "X_again" not in other.obsm

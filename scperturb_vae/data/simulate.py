@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import math
 import numbers
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -75,7 +74,6 @@ import pandas as pd
 import scipy.sparse as sp
 
 from scperturb_vae.errors import InputError
-from scperturb_vae.io import atomic_path
 
 __all__ = [
     "PRESETS",
@@ -84,8 +82,6 @@ __all__ = [
     "simulate_screen",
     "graph_from_adata",
     "programs_to_gene_sets",
-    "write_gmt",
-    "read_gmt",
 ]
 
 CONTROL_LABEL = "control"
@@ -494,63 +490,5 @@ def programs_to_gene_sets(adata) -> dict[str, list[str]]:
 # --------------------------------------------------------------------------- #
 # GMT files
 # --------------------------------------------------------------------------- #
-def _check_gmt_field(kind: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise InputError(f"GMT {kind} must be a string, got {value!r}")
-    if value == "" and kind != "description":
-        raise InputError(f"GMT {kind} must not be empty")
-    if any(c in value for c in "\t\r\n"):
-        raise InputError(f"GMT {kind} {value!r} contains a tab or a line break")
-    return value
 
 
-def write_gmt(
-    gene_sets: Mapping[str, list[str]],
-    path,
-    description: str | Mapping[str, str] = "scperturb-vae simulation",
-) -> None:
-    """Write gene sets as GMT (``name<TAB>description<TAB>gene1<TAB>...``), atomically.
-
-    ``description`` is one string for every set or a mapping name -> string
-    (sets missing from it get an empty description).
-    """
-    if not isinstance(gene_sets, Mapping):
-        raise InputError("gene_sets must be a mapping of set name -> list of genes")
-    lines = []
-    for name, genes in gene_sets.items():
-        _check_gmt_field("gene set name", name)
-        if isinstance(description, Mapping):
-            desc = description.get(name, "")
-        else:
-            desc = description
-        _check_gmt_field("description", desc)
-        if isinstance(genes, str):
-            raise InputError(f"gene set {name!r} must be a list of genes, not a string")
-        fields = [name, desc] + [_check_gmt_field("gene name", str(g)) for g in genes]
-        lines.append("\t".join(fields) + "\n")
-
-    with atomic_path(path, overwrite=True) as tmp:
-        tmp.write_text("".join(lines), encoding="utf-8")
-
-
-def read_gmt(path) -> dict[str, list[str]]:
-    """Read a GMT file into ``{name: [genes...]}`` (blank lines skipped, description dropped)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"GMT file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read GMT file {path}: {exc}") from None
-    gene_sets: dict[str, list[str]] = {}
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        fields = line.split("\t")
-        name = fields[0].strip()
-        if len(fields) < 2 or not name:
-            raise InputError(f"{path}:{lineno}: a GMT line needs a name and a description")
-        if name in gene_sets:
-            raise InputError(f"{path}:{lineno}: gene set {name!r} appears twice")
-        gene_sets[name] = [g.strip() for g in fields[2:] if g.strip()]
-    return gene_sets

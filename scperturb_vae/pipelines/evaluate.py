@@ -193,7 +193,7 @@ def _run_name(model: str) -> str:
 def _load_models(settings: EvaluateSettings):
     """Read ``--model`` run folders; they must share one held-out split."""
     from scperturb_vae.tl.heldout import HoldoutSpec
-    from scperturb_vae.pipelines.train import load_run
+    from scperturb_vae.model.runs import load_run
 
     loaded = []
     for run in settings.runs:

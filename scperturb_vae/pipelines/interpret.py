@@ -47,6 +47,7 @@ import numpy as np
 import pandas as pd
 
 from scperturb_vae.errors import InputError
+from scperturb_vae.data.genesets import load_gene_sets, read_groups, restrict_gene_sets
 from scperturb_vae.io import atomic_dir, check_output, write_json
 
 logger = logging.getLogger("scperturb_vae")
@@ -60,7 +61,6 @@ __all__ = [
     "latent_traversal",
     "perturbation_targets",
     "program_match",
-    "read_groups",
     "summary_lines",
 ]
 
@@ -367,43 +367,6 @@ def perturbation_targets(graph: pd.DataFrame, *, threshold: float = 0.5, top: in
     return pd.DataFrame.from_records(records, columns=["latent", "perturbation", "probability", "rank", "dense"])
 
 
-def read_groups(path: str | os.PathLike, *, organism: str | None = "Human") -> tuple[dict[str, list[str]], dict[str, str], str]:
-    """Read perturbation groups: a cluster table, a CORUM complex table or a GMT file.
-
-    A CORUM table (header with ``ComplexName`` and ``subunits(Gene name)``) gives one group
-    per complex, its subunit genes being the perturbations (a perturbation is the gene
-    it knocks down); a ``.gmt`` file one group per set; anything else is read as a cluster
-    table by :func:`scperturb_vae.tl.clusters.read_cluster_table` (long or "members" layout).
-
-    Returns
-    -------
-    groups, descriptions, kind
-        Group -> perturbations; group -> description (cluster tables); ``"corum"``,
-        ``"gmt"`` or ``"clusters"``.
-    """
-    from scperturb_vae.tl.enrichment import _is_corum_header, _read_text, read_gene_sets
-
-    path = Path(path).expanduser()
-    text = _read_text(path, "groups file")
-    first = next((line for line in text.splitlines() if line.strip()), "")
-    if not first:
-        raise InputError(f"groups file {path} is empty")
-    if _is_corum_header(first):
-        return read_gene_sets(path, organism=organism), {}, "corum"
-    if path.suffix.lower() == ".gmt":
-        return read_gene_sets(path), {}, "gmt"
-    from scperturb_vae.tl.clusters import read_cluster_table
-
-    table = read_cluster_table(path)
-    groups: dict[str, list[str]] = {}
-    descriptions: dict[str, str] = {}
-    for cluster, sub in table.groupby("cluster", sort=False):
-        groups[str(cluster)] = sub["perturbation"].astype(str).tolist()
-        desc = next((d for d in sub["description"].astype(str) if d and d != "nan"), "")
-        descriptions[str(cluster)] = desc
-    return groups, descriptions, "clusters"
-
-
 # --------------------------------------------------------------------------- summary
 def _fmt_p(value: float) -> str:
     if value is None or not np.isfinite(value):
@@ -684,13 +647,8 @@ def interpret_run(
     OutputError
         ``out`` exists (without ``overwrite``) or cannot be written.
     """
-    from scperturb_vae.tl.enrichment import (
-        enrich_latents,
-        load_gene_sets,
-        perturbation_set_enrichment,
-        restrict_gene_sets,
-    )
-    from scperturb_vae.pipelines.train import load_run, read_run_summary
+    from scperturb_vae.tl.enrichment import enrich_latents, perturbation_set_enrichment
+    from scperturb_vae.model.runs import load_run, read_run_summary
 
     start = time.perf_counter()
     timing: dict[str, float] = {}

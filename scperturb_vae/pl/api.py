@@ -34,6 +34,9 @@ import numpy as np
 import pandas as pd
 
 from scperturb_vae.errors import InputError
+from scperturb_vae.get.fitted import GENE_EFFECTS_SUFFIX, fitted_keys, latent_names, resolve_key
+from scperturb_vae.get.fitted import graph as read_graph
+from scperturb_vae.get.fitted import latent as read_latent
 
 __all__ = [
     "enrichment",
@@ -93,9 +96,8 @@ def _label_size(n: int) -> float:
 
 
 def _key(adata, key: str | None) -> str:
-    from scperturb_vae.tl.api import _resolve_key
 
-    return _resolve_key(adata, key, "this plot")
+    return resolve_key(adata, key, "this plot")
 
 
 def _is_adata(obj) -> bool:
@@ -125,11 +127,10 @@ def _heatmap(ax, values: np.ndarray, rows: Sequence[str], cols: Sequence[str], *
 def _matched_columns(adata, key: str, truth: pd.DataFrame, learned: pd.DataFrame) -> list:
     """Learned latent matched to each true latent (Hungarian MCC on the latents), or None."""
     from scperturb_vae.tl.metrics import mean_correlation_coefficient
-    from scperturb_vae.tl.api import _latent
 
     if "z_true" not in adata.obsm:
         return [None] * truth.shape[1]
-    result = mean_correlation_coefficient(np.asarray(adata.obsm["z_true"], dtype=float), _latent(adata, key))
+    result = mean_correlation_coefficient(np.asarray(adata.obsm["z_true"], dtype=float), read_latent(adata, key))
     return [learned.columns[c] if c >= 0 else None for c in np.asarray(result.assignment)]
 
 
@@ -178,10 +179,9 @@ def graph(
     from scperturb_vae.pipelines.interpret import _cluster_order
 
     if _is_adata(data):
-        from scperturb_vae.tl.api import _graph
 
         k = _key(data, key)
-        learned = _graph(data, k)
+        learned = read_graph(data, k)
         default_title = f"intervention graph ({k})"
     elif isinstance(data, pd.DataFrame):
         learned = data.astype(float)
@@ -311,7 +311,6 @@ def latents(
         Per latent one panel (title: the latent's name; axis labels ``UMAP1``, ``UMAP2``)
         and its colour bar; unused grid cells are removed.
     """
-    from scperturb_vae.tl.api import _latent, _latent_names
 
     k = _key(adata, key)
     obsm_key = basis if basis in adata.obsm else "X_" + basis
@@ -321,9 +320,9 @@ def latents(
     coords = np.asarray(adata.obsm[obsm_key], dtype=float)
     if coords.ndim != 2 or coords.shape[1] < 2:
         raise InputError(f"adata.obsm[{obsm_key!r}] needs at least two columns")
-    names = _latent_names(adata.uns[k])
+    names = latent_names(adata.uns[k])
     chosen = _choose_latents(names, latents)
-    values = _latent(adata, k)
+    values = read_latent(adata, k)
     if isinstance(ncols, bool) or not isinstance(ncols, (int, np.integer)) or ncols < 1:
         raise InputError(f"ncols must be a positive integer, not {ncols!r}")
     label = basis.removeprefix("X_")
@@ -392,14 +391,13 @@ def latents_by_perturbation(
     matplotlib.figure.Figure
         A heatmap (x: latents, y: perturbation labels) with its colour bar.
     """
-    from scperturb_vae.tl.api import _latent, _latent_names
 
     k = _key(adata, key)
     entry = adata.uns[k]
     pkey, control = str(entry.get("perturbation_key")), str(entry.get("control_label"))
     if pkey not in adata.obs:
         raise InputError(f"adata.obs has no perturbation column {pkey!r} (recorded in uns[{k!r}])")
-    names = _latent_names(entry)
+    names = latent_names(entry)
     chosen = _choose_latents(names, latents)
     labels = adata.obs[pkey].astype(str).to_numpy()
     present = set(labels)
@@ -410,7 +408,7 @@ def latents_by_perturbation(
         missing = [p for p in rows if p not in present]
         if missing:
             raise InputError(f"perturbation(s) {', '.join(missing[:5])} not in adata.obs[{pkey!r}]")
-    z = _latent(adata, k)[:, [names.index(n) for n in chosen]]
+    z = read_latent(adata, k)[:, [names.index(n) for n in chosen]]
     means = pd.DataFrame(z).groupby(labels).mean().reindex(rows)
     values = means.to_numpy(dtype=float)
     limit = float(np.nanmax(np.abs(values))) if values.size else 1.0
@@ -492,9 +490,9 @@ def traversal(
         latent_traversal,
         perturbation_targets,
     )
-    from scperturb_vae.tl.api import GENE_EFFECTS_SUFFIX, _as_model, _graph, _latent, fitted_keys
+    from scperturb_vae.tl.api import as_model
 
-    trained, _ = _as_model(model)
+    trained, _ = as_model(model)
     names = [str(x) for x in trained.latent_names]
     k = key
     if k is None:
@@ -505,9 +503,9 @@ def traversal(
     if latents is None:
         if k is None:
             raise InputError("give latents= (or fit the model with tl.fit so that the graph picks them)")
-        z = _latent(adata, k)
+        z = read_latent(adata, k)
         sd = {n: float(s) for n, s in zip(names, z.std(axis=0))}
-        chosen = _default_traversal_latents(perturbation_targets(_graph(adata, k)), names, sd)
+        chosen = _default_traversal_latents(perturbation_targets(read_graph(adata, k)), names, sd)
     else:
         chosen = _choose_latents(names, latents)
     effects = None

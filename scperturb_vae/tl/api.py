@@ -57,6 +57,10 @@ import numpy as np
 import pandas as pd
 
 from scperturb_vae.errors import InputError
+from scperturb_vae.get.fitted import GENE_EFFECTS_SUFFIX, effects_key, fitted_keys, resolve_key
+from scperturb_vae.get.fitted import gene_effects as read_gene_effects
+from scperturb_vae.get.fitted import graph as read_graph
+from scperturb_vae.get.fitted import latent as read_latent
 from scperturb_vae.io import package_versions
 from scperturb_vae.model.registry import DEFAULT_KEYS
 from scperturb_vae.model.registry import model_name as registry_model_name
@@ -77,9 +81,6 @@ __all__ = [
     "recovery",
 ]
 
-
-#: ``varm[key + GENE_EFFECTS_SUFFIX]`` holds a model's gene effects.
-GENE_EFFECTS_SUFFIX = "_gene_effects"
 
 
 
@@ -141,10 +142,10 @@ def _model_name(model) -> str:
     return name
 
 
-def _as_model(model):
+def as_model(model):
     """``(model, run_dir)``: a trained model, or one loaded from a run folder."""
     if isinstance(model, (str, os.PathLike)):
-        from scperturb_vae.pipelines.train import load_run
+        from scperturb_vae.model.runs import load_run
 
         run = load_run(model)
         return run.model, str(Path(model).resolve())
@@ -152,48 +153,6 @@ def _as_model(model):
     if not getattr(model, "is_trained_", True):
         raise InputError("the model is not trained yet; call model.train() or use tl.fit")
     return model, None
-
-
-def fitted_keys(adata) -> list[str]:
-    """The keys of ``adata.uns`` written by :func:`fit` or :func:`embed`."""
-    return [k for k, v in adata.uns.items() if isinstance(v, Mapping) and "latent_names" in v and "obsm_key" in v]
-
-
-def _resolve_key(adata, key: str | None, what: str = "a model") -> str:
-    """The given key (checked) or the only fitted one."""
-    keys = fitted_keys(adata)
-    if key is not None:
-        if key not in keys:
-            shown = ", ".join(keys) if keys else "none"
-            raise InputError(f"no fitted model under key {key!r} in adata.uns (fitted keys: {shown}); run tl.fit first")
-        return key
-    if not keys:
-        raise InputError(f"adata holds no fitted model; run tl.fit (or tl.embed) before using {what}")
-    if len(keys) > 1:
-        raise InputError(f"adata holds several fitted models ({', '.join(keys)}); pass key=")
-    return keys[0]
-
-
-def _latent_names(entry: Mapping) -> list[str]:
-    return [str(x) for x in np.asarray(entry["latent_names"]).ravel()]
-
-
-def _graph(adata, key: str) -> pd.DataFrame:
-    """``uns[key]["intervention_graph"]`` as perturbations x latents (names restored)."""
-    graph = adata.uns[key].get("intervention_graph")
-    if not isinstance(graph, pd.DataFrame):
-        raise InputError(f"adata.uns[{key!r}] has no intervention graph DataFrame; run tl.fit or tl.embed again")
-    graph = graph.astype(np.float64)
-    graph.index = pd.Index(graph.index.astype(str), name="perturbation")
-    graph.columns = pd.Index(graph.columns.astype(str), name="latent")
-    return graph
-
-
-def _latent(adata, key: str) -> np.ndarray:
-    obsm_key = str(adata.uns[key].get("obsm_key", "X_" + key))
-    if obsm_key not in adata.obsm:
-        raise InputError(f"adata.obsm has no {obsm_key!r} (the latents of key {key!r}); run tl.fit or tl.embed again")
-    return np.asarray(adata.obsm[obsm_key], dtype=np.float64)
 
 
 def _key_for_model(adata, model, key_added: str | None) -> str:
@@ -497,7 +456,7 @@ def embed(adata, model, *, key_added: str | None = None, copy: bool = False):
         (which has no perturbation parameters) is computed from these cells.
     """
     _check_adata(adata)
-    trained, run_dir = _as_model(model)
+    trained, run_dir = as_model(model)
     key = _key_for_model(adata, trained, key_added)
     if copy:
         adata = adata.copy()
@@ -505,7 +464,7 @@ def embed(adata, model, *, key_added: str | None = None, copy: bool = False):
     params: dict[str, Any] = {"init_params": _model_params(trained)}
     extra: dict[str, Any] = {"source": "tl.embed"}
     if run_dir is not None:
-        from scperturb_vae.pipelines.train import read_run_summary
+        from scperturb_vae.model.runs import read_run_summary
 
         settings = read_run_summary(run_dir).get("settings", {})
         params["run_settings"] = {k: v for k, v in settings.items() if k not in ("out", "overwrite")}
@@ -562,7 +521,7 @@ def gene_effects(
     from scperturb_vae.pipelines.interpret import gene_effects as _gene_effects
 
     _check_adata(adata)
-    trained, _ = _as_model(model)
+    trained, _ = as_model(model)
     if isinstance(n_cells, bool) or not isinstance(n_cells, numbers.Integral) or n_cells < 1:
         raise InputError(f"n_cells must be a positive integer, not {n_cells!r}")
     key = _key_for_model(adata, trained, key_added)
@@ -588,7 +547,7 @@ def gene_effects(
 
 
 def _gene_set_sources(gene_sets, organism) -> dict[str, dict[str, list[str]]]:
-    from scperturb_vae.tl.enrichment import load_gene_sets
+    from scperturb_vae.data.genesets import load_gene_sets
 
     if isinstance(gene_sets, (str, os.PathLike)):
         return load_gene_sets(gene_sets, organism=organism)
@@ -612,19 +571,6 @@ def _gene_set_sources(gene_sets, organism) -> dict[str, dict[str, list[str]]]:
     if isinstance(gene_sets, Sequence) and gene_sets and all(isinstance(p, (str, os.PathLike)) for p in gene_sets):
         return load_gene_sets(list(gene_sets), organism=organism)
     raise InputError("gene_sets must be a GMT/CORUM file, a list of them, or a dict {set name: genes}")
-
-
-def _effects_key(adata, key: str | None) -> str:
-    have = [k[: -len(GENE_EFFECTS_SUFFIX)] for k in adata.varm if k.endswith(GENE_EFFECTS_SUFFIX)]
-    if key is not None:
-        if key not in have:
-            raise InputError(f"adata.varm has no {key + GENE_EFFECTS_SUFFIX!r}; run tl.gene_effects first")
-        return key
-    if not have:
-        raise InputError("adata.varm holds no gene effects; run tl.gene_effects first")
-    if len(have) > 1:
-        raise InputError(f"adata holds gene effects of several models ({', '.join(have)}); pass key=")
-    return have[0]
 
 
 def enrich(
@@ -681,19 +627,8 @@ def enrich(
     from scperturb_vae.tl.enrichment import enrich_latents
 
     _check_adata(adata)
-    key = _effects_key(adata, key)
-    stored = adata.varm[key + GENE_EFFECTS_SUFFIX]
-    if isinstance(stored, pd.DataFrame):
-        effects = stored.T
-    else:
-        entry = adata.uns.get(key, {})
-        if not isinstance(entry, Mapping) or "latent_names" not in entry:
-            raise InputError(f"adata.varm[{key + GENE_EFFECTS_SUFFIX!r}] has no latent names; "
-                             "run tl.gene_effects again")
-        effects = pd.DataFrame(np.asarray(stored).T, index=_latent_names(entry), columns=adata.var_names)
-    effects = effects.astype(np.float64)
-    effects.index = pd.Index([str(x) for x in effects.index], name="latent")
-    effects.columns = pd.Index([str(g) for g in adata.var_names], name="gene")
+    key = effects_key(adata, key)
+    effects = read_gene_effects(adata, key)
     sources = _gene_set_sources(gene_sets, organism)
     table = enrich_latents(effects, sources, top_n=top_n, min_size=min_size, max_size=max_size,
                            tests=tests, directions=directions)
@@ -739,17 +674,17 @@ def recovery(adata, *, key: str | None = None, truth_key: str = "z_true") -> dic
     from scperturb_vae.data.simulate import graph_from_adata
 
     _check_adata(adata)
-    key = _resolve_key(adata, key, "tl.recovery")
+    key = resolve_key(adata, key, "tl.recovery")
     if truth_key not in adata.obsm or "simulation" not in adata.uns:
         raise InputError(
             f"adata has no simulation truth (obsm[{truth_key!r}] and uns['simulation']); "
             "tl.recovery needs a simulated screen (scperturb_vae.simulate_screen)"
         )
     true_graph = graph_from_adata(adata)
-    learned_graph = _graph(adata, key)
+    learned_graph = read_graph(adata, key)
     if not learned_graph.index.isin(true_graph.index).any():
         raise InputError(f"none of the perturbations of uns[{key!r}]'s graph is in the simulation's graph")
-    result = recovery_summary(np.asarray(adata.obsm[truth_key], dtype=np.float64), _latent(adata, key),
+    result = recovery_summary(np.asarray(adata.obsm[truth_key], dtype=np.float64), read_latent(adata, key),
                               true_graph, learned_graph)
     entry = dict(adata.uns[key])
     entry["recovery"] = _writable(result)
