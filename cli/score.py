@@ -36,7 +36,7 @@ def score(
     """
     setup_logging()
     with user_errors(ctx):
-        from scperturb_vae.pipelines.benchmark import format_score, score_run, write_score
+        from scperturb_vae.pipelines.score import format_score, score_run, write_score
         from scperturb_vae.io import check_output
 
         target = out if out is not None else run / "score.json"

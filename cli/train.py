@@ -145,7 +145,7 @@ def train(
                        f"mutual information I(x; z) {dg['mutual_information']:.2f} nats")
         r = s["recovery"]
         if r is not None:
-            from scperturb_vae.pipelines.benchmark import format_recovery
+            from scperturb_vae.pipelines.score import format_recovery
 
             typer.echo("recovery of the simulated truth: " + format_recovery(r))
         v = s["validation_likelihood"]
@@ -164,7 +164,7 @@ def train(
 def _interrupted(out: Path) -> None:
     """Ctrl-C: one line saying what is kept, exit 130."""
     from scperturb_vae.pipelines.train import checkpoint_dir
-    from scperturb_vae.train.plan import read_checkpoint_progress
+    from scperturb_vae.train.checkpoint import read_checkpoint_progress
 
     progress = read_checkpoint_progress(checkpoint_dir(out))
     if progress and progress.get("epoch"):

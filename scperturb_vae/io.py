@@ -22,7 +22,7 @@ from typing import Any
 
 from scperturb_vae.errors import OutputError
 
-__all__ = ["check_output", "atomic_path", "atomic_dir", "write_json", "package_versions"]
+__all__ = ["check_output", "atomic_path", "atomic_dir", "json_ready", "write_json", "package_versions"]
 
 
 def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
@@ -152,22 +152,31 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def write_json(data: Any, path: str | os.PathLike) -> None:
-    """Write JSON (sorted keys, indented) atomically."""
-    with atomic_path(path, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
+def json_ready(value: Any) -> Any:
+    """``value`` as strict JSON data: NaN and infinities -> None, numpy scalars and arrays ->
+    Python numbers and lists, paths -> strings, tuples -> lists, keys -> strings."""
+    import math
+
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [json_ready(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, os.PathLike):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
-def _json_default(obj: Any):
-    try:
-        import numpy as np
-
-        if isinstance(obj, np.generic):
-            return obj.item()
-        if isinstance(obj, np.ndarray):
-            return obj.tolist()
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+def write_json(data: Any, path: str | os.PathLike, overwrite: bool = True) -> Path:
+    """Write ``data`` as strict JSON (:func:`json_ready`; sorted keys, indented), atomically."""
+    path = Path(path)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        tmp.write_text(json.dumps(json_ready(data), indent=2, sort_keys=True, allow_nan=False) + "\n")
+    return path

@@ -17,12 +17,8 @@ import pytest
 import scipy.sparse as sp
 from typer.testing import CliRunner
 
-from scperturb_vae.bench.harness import (
-    BENCH_COLUMNS,
-    CONTROL_LABEL,
-    synthetic_screen_adata,
-    write_synthetic_screen,
-)
+from scperturb_vae.bench.constants import BENCH_COLUMNS
+from scperturb_vae.bench.synthetic import CONTROL_LABEL, synthetic_screen_adata, write_synthetic_screen
 from scperturb_vae.data.validate import open_perturbation_adata, validate_perturbation_adata
 from scperturb_vae.errors import InputError, OutputError
 from scvae_cli.main import app

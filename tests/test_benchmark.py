@@ -18,7 +18,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from scperturb_vae.pipelines.benchmark import markdown_summary, score_run, summarise_results
+from scperturb_vae.pipelines.benchmark import markdown_summary, summarise_results
+from scperturb_vae.pipelines.score import score_run
 from scperturb_vae.errors import InputError
 from scperturb_vae.data.simulate import graph_from_adata, simulate_screen
 from scvae_cli.main import app

@@ -41,7 +41,7 @@ import scanpy as sc
 import torch
 
 import scperturb_vae as sv
-from scperturb_vae.pipelines.benchmark import format_recovery
+from scperturb_vae.pipelines.score import format_recovery
 from scperturb_vae.logs import quiet_third_party, setup_logging
 
 QUICK = os.environ.get("SCVAE_QUICK", "0").strip().lower() in ("1", "true", "yes")

@@ -30,6 +30,7 @@ import pandas as pd
 
 from scperturb_vae.errors import InputError
 from scperturb_vae.io import atomic_dir, write_json
+from scperturb_vae.train.checkpoint import history_from_json, history_to_json
 
 __all__ = ["MODEL_FORMAT", "MODEL_FORMAT_VERSION", "save_model", "load_model", "read_model_meta"]
 
@@ -68,31 +69,6 @@ def _decode(value: Any) -> Any:
     return value
 
 
-def _history_to_json(history: dict | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, frame in (history or {}).items():
-        if not isinstance(frame, pd.DataFrame) or frame.shape[1] != 1:
-            continue
-        values = pd.to_numeric(frame.iloc[:, 0], errors="coerce").astype(float)
-        out[str(name)] = {
-            "index": [int(i) if isinstance(i, (int, np.integer)) else float(i) for i in frame.index],
-            "index_name": frame.index.name,
-            "values": [None if not np.isfinite(v) else float(v) for v in values],
-        }
-    return out
-
-
-def _history_from_json(data: dict[str, Any] | None) -> dict[str, pd.DataFrame]:
-    out = {}
-    for name, entry in (data or {}).items():
-        frame = pd.DataFrame(
-            {name: np.array([np.nan if v is None else v for v in entry["values"]], dtype=float)},
-            index=pd.Index(entry["index"], name=entry.get("index_name")),
-        )
-        out[name] = frame
-    return out
-
-
 def _indices(value) -> list[int] | None:
     return None if value is None else [int(i) for i in np.asarray(value).ravel()]
 
@@ -118,7 +94,7 @@ def save_model(model, dir_path: str | os.PathLike, *, overwrite: bool = False, s
         "train_indices": _indices(getattr(model, "train_indices", None)),
         "validation_indices": _indices(getattr(model, "validation_indices", None)),
         "test_indices": _indices(getattr(model, "test_indices", None)),
-        "history": _history_to_json(model.history_ if model.is_trained_ else None),
+        "history": history_to_json(model.history_ if model.is_trained_ else None),
     }
     state = {k: v.detach().cpu().clone() for k, v in model.module.state_dict().items()}
     with atomic_dir(dir_path, overwrite=overwrite) as tmp:
@@ -232,7 +208,7 @@ def load_model(cls, dir_path: str | os.PathLike, adata=None, *, accelerator: str
     for name in ("train_indices", "validation_indices", "test_indices"):
         value = meta.get(name)
         setattr(model, name, None if value is None else np.asarray(value, dtype=np.int64))
-    model.history_ = _history_from_json(meta.get("history"))
+    model.history_ = history_from_json(meta.get("history"))
     _, _, torch_device = parse_device_args(accelerator=accelerator, devices=device, return_device="torch",
                                            validate_single_device=True)
     model.to_device(torch_device)

@@ -35,12 +35,11 @@ from scvi.nn import DecoderSCVI, Encoder
 from torch import nn
 from torch.distributions import Normal
 
+from scperturb_vae.module.likelihoods import LIKELIHOODS, NORMS
 from scperturb_vae.module.priors import Prior
 
 Likelihood = Literal["nb", "zinb", "poisson"]
-LIKELIHOODS = ("nb", "zinb", "poisson")
 Norm = Literal["layer", "batch", "none"]
-NORMS = ("layer", "batch", "none")
 
 
 class PerturbationVAEModule(BaseModuleClass):

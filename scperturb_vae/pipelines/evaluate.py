@@ -34,34 +34,12 @@ import pandas as pd
 
 from scperturb_vae.errors import InputError
 from scperturb_vae.io import atomic_dir, check_output, package_versions, write_json
+from scperturb_vae.tl.checks import check_settings, parse_fewshot
+from scperturb_vae.tl.evaluate import SETTINGS_ORDER, Scoring, assemble_tables, evaluate_model
 
 logger = logging.getLogger("scperturb_vae")
 
-__all__ = ["EvaluateSettings", "evaluate", "parse_fewshot", "SETTINGS_ORDER"]
-
-SETTINGS_ORDER = ("heldout_adapted", "heldout_zeroshot", "heldin")
-
-
-def parse_fewshot(value) -> list[int | str]:
-    """``"0,10,50,all"`` -> ``[0, 10, 50, "all"]`` (sorted, unique)."""
-    items = value.split(",") if isinstance(value, str) else list(value)
-    out: list[int | str] = []
-    for item in items:
-        item = str(item).strip().lower()
-        if not item:
-            continue
-        if item == "all":
-            out.append("all")
-            continue
-        try:
-            n = int(item)
-        except ValueError:
-            raise InputError(f"--fewshot takes cell numbers and 'all' (e.g. 0,10,50,all), not {item!r}") from None
-        if n < 0:
-            raise InputError(f"--fewshot cell numbers must be >= 0, not {n}")
-        out.append(n)
-    numbers = sorted({x for x in out if x != "all"})
-    return numbers + (["all"] if "all" in out else [])
+__all__ = ["EvaluateSettings", "evaluate", "format_table"]
 
 
 @dataclass
@@ -117,14 +95,8 @@ class EvaluateSettings:
                 raise InputError("a model is listed twice in --models")
             if self.holdout is None and not self.holdout_perturbations:
                 raise InputError("nothing to hold out: give --holdout CLUSTER or --holdout-perturbations A,B,...")
-        if self.n_importance < 1:
-            raise InputError(f"--n-importance must be at least 1, not {self.n_importance}")
-        if self.adapt_steps < 1:
-            raise InputError(f"--adapt-steps must be at least 1, not {self.adapt_steps}")
-        if self.heldin_cells < 0:
-            raise InputError(f"--heldin-cells must be >= 0, not {self.heldin_cells}")
-        if not 0.0 < self.adapt_fraction < 1.0:
-            raise InputError(f"--adapt-fraction must be between 0 and 1, not {self.adapt_fraction}")
+        check_settings(flags=True, n_importance=self.n_importance, adapt_steps=self.adapt_steps,
+                       heldin_cells=self.heldin_cells, adapt_fraction=self.adapt_fraction)
         self.fewshot = parse_fewshot(self.fewshot)
 
 
@@ -133,8 +105,6 @@ class _Evaluated:
     name: str
     model: Any
     run_dir: str | None
-
-
 
 
 def _train_base(settings: EvaluateSettings, data) -> dict[str, Any]:
@@ -153,14 +123,14 @@ def _train_base(settings: EvaluateSettings, data) -> dict[str, Any]:
 def _open_and_split(settings: EvaluateSettings, out: Path):
     """Open and validate the data and split it once (before any output is created)."""
     from scperturb_vae.data.validate import open_perturbation_adata
-    from scperturb_vae.pipelines.train import MIN_TRAINING_CELLS, TrainSettings, _holdout_split
+    from scperturb_vae.pipelines.train import MIN_TRAINING_CELLS, TrainSettings, split_for
 
     data = open_perturbation_adata(
         settings.adata, perturbation_key=settings.perturbation_key, control_label=settings.control,
         layer=settings.layer, min_cells=settings.min_cells, backed=settings.backed,
     )
     logger.info(data.summary())
-    spec, parts = _holdout_split(TrainSettings(out=str(out / "runs" / "x"), **_train_base(settings, data)), data)
+    spec, parts = split_for(TrainSettings(out=str(out / "runs" / "x"), **_train_base(settings, data)), data)
     n_train = int((parts == "train").sum())
     if n_train < MIN_TRAINING_CELLS:
         raise InputError(
@@ -225,117 +195,6 @@ def _load_models(settings: EvaluateSettings):
     return first.data, spec, first.split, evaluated
 
 
-def _fewshot_rows(adapt_rows: np.ndarray, labels: np.ndarray, n: int | str) -> np.ndarray:
-    """The first ``n`` adaptation cells of each held-out label (the split's random order)."""
-    if n == "all":
-        return adapt_rows
-    keep, seen = [], {}
-    for row in adapt_rows:
-        lab = labels[row]
-        if seen.get(lab, 0) < n:
-            keep.append(row)
-            seen[lab] = seen.get(lab, 0) + 1
-    return np.asarray(keep, dtype=np.int64)
-
-
-def _evaluate_model(ev: _Evaluated, data, spec, split: pd.Series, settings: EvaluateSettings):
-    from scperturb_vae.tl.heldout import adapt_prior, extended_module, heldout_cells, heldout_log_likelihood, mean_and_stderr
-
-    model = ev.model
-    labels = data.adata.obs[data.perturbation_key].astype(str).to_numpy()
-    parts = split.reindex(data.adata.obs_names).to_numpy()
-    eval_rows = np.flatnonzero(parts == "heldout_eval")
-    # few-shot subsets take the first n cells of each label in a seeded random order
-    adapt_rows = np.flatnonzero(parts == "heldout_adapt")
-    adapt_rows = adapt_rows[np.random.default_rng(settings.seed).permutation(len(adapt_rows))]
-    new = sorted(p for p in spec.perturbations if p not in set(model.perturbations))
-    eval_cells = heldout_cells(model, data.adata, eval_rows, new_perturbations=new)
-    adapt_all = heldout_cells(model, data.adata, adapt_rows, new_perturbations=new)
-    order = {row: i for i, row in enumerate(adapt_rows)}
-    n_s = settings.n_importance
-
-    def score(module):
-        ll, se = heldout_log_likelihood(module, eval_cells, n_samples=n_s, seed=settings.seed)
-        return ll, se
-
-    records, per_pert, fewshot, adapt_info = [], [], [], {}
-    t0 = time.perf_counter()
-    zero_module = extended_module(model, len(new))
-    ll0, se0 = score(zero_module)
-    seconds_zero = time.perf_counter() - t0
-    results = {}
-    # "all" adaptation cells is the heldout_adapted setting: computed even when not on the curve
-    shots = list(settings.fewshot) + ([] if "all" in settings.fewshot else ["all"])
-    for n in shots:
-        if n == 0:
-            results[0] = (ll0, se0, {"adapted": False, "n_cells": 0})
-            continue
-        rows = _fewshot_rows(adapt_rows, labels, n)
-        module = extended_module(model, len(new))
-        info = adapt_prior(module, adapt_all.subset(np.array([order[r] for r in rows], dtype=np.int64)),
-                           n_steps=settings.adapt_steps, seed=settings.seed)
-        if not info["adapted"]:  # nothing to adapt (the VAE): the zero-shot numbers
-            results[n] = (ll0, se0, info)
-        else:
-            ll, se = score(module)
-            results[n] = (ll, se, info)
-        if n == "all":
-            adapt_info = info
-            adapted_module = module
-    ll1, se1, _ = results["all"]
-
-    # held-in: validation cells of the training perturbations (never trained on)
-    val = getattr(model, "validation_indices", None)
-    val = np.asarray([] if val is None else val, dtype=np.int64)
-    if len(val) and settings.heldin_cells:
-        val = np.sort(np.random.default_rng(settings.seed).choice(val, min(settings.heldin_cells, len(val)), replace=False))
-        llh, seh = model.get_marginal_ll(indices=val, n_mc_samples=n_s, return_stderr=True)
-    else:
-        llh, seh = np.zeros(0), np.zeros(0)
-
-    for setting, (ll, se) in (("heldout_adapted", (ll1, se1)), ("heldout_zeroshot", (ll0, se0)), ("heldin", (llh, seh))):
-        nll, err = mean_and_stderr(ll, se)
-        records.append({"model": ev.name, "setting": setting, "nll": nll, "stderr": err, "n_cells": int(len(ll))})
-        if setting == "heldin":
-            continue
-        frame = pd.DataFrame({"perturbation": eval_cells.labels, "ll": ll, "se": se})
-        for pert, g in frame.groupby("perturbation", sort=True):
-            nll, err = mean_and_stderr(g["ll"].to_numpy(), g["se"].to_numpy())
-            per_pert.append({"model": ev.name, "setting": setting, "perturbation": pert, "nll": nll,
-                             "stderr": err, "n_cells": int(len(g))})
-    for n in settings.fewshot:
-        ll, se, info = results[n]
-        nll, err = mean_and_stderr(ll, se)
-        n_cells = int(info.get("n_cells", 0))
-        fewshot.append({"model": ev.name, "adaptation_cells_per_perturbation": n, "n_adaptation_cells": n_cells,
-                        "nll": nll, "stderr": err, "n_cells": int(len(ll))})
-    graph = adapted_module.prior.intervention_graph()
-    adapted_graph = None
-    if graph is not None and new:
-        names = list(model.perturbations) + new
-        values = graph.detach().cpu().numpy()
-        adapted_graph = pd.DataFrame(values[len(model.perturbations):], index=pd.Index(names[len(model.perturbations):], name="perturbation"),
-                                     columns=model.latent_names)
-        adapted_graph.insert(0, "model", ev.name)
-    info = {"adaptation": adapt_info, "new_perturbations": new, "zeroshot_seconds": round(seconds_zero, 2)}
-    return records, per_pert, fewshot, adapted_graph, info
-
-
-def _json_safe(obj):
-    """JSON has no NaN / inf: they become ``null``; numpy scalars become Python numbers."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def _markdown(table: pd.DataFrame) -> str:
     lines = ["| model | setting | NLL (nats/cell) | MC stderr | cells |", "|---|---|---:|---:|---:|"]
     for r in table.itertuples():
@@ -361,41 +220,27 @@ def format_table(table: pd.DataFrame) -> str:
 
 
 def _plots(table: pd.DataFrame, fewshot: pd.DataFrame, out: Path, title: str) -> None:
-    import matplotlib
+    from scperturb_vae.pl.base import save
+    from scperturb_vae.pl.heldout import fewshot as fewshot_figure
+    from scperturb_vae.pl.heldout import heldout_nll
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    save(heldout_nll(table, title=title), out / "nll.png")
+    save(fewshot_figure(fewshot), out / "fewshot.png")
 
-    models = list(table["model"].drop_duplicates())
-    settings = [s for s in SETTINGS_ORDER if s in set(table["setting"])]
-    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(models), 3.8))
-    width = 0.8 / max(len(settings), 1)
-    for j, s in enumerate(settings):
-        sub = table[table["setting"] == s].set_index("model").reindex(models)
-        x = np.arange(len(models)) + (j - (len(settings) - 1) / 2) * width
-        ax.bar(x, sub["nll"], width, yerr=sub["stderr"], label=s.replace("_", " "), capsize=3)
-    ax.set_xticks(np.arange(len(models)), models)
-    finite = table["nll"][np.isfinite(table["nll"])]
-    if len(finite):
-        span = float(finite.max() - finite.min()) or 1.0
-        ax.set_ylim(float(finite.min()) - 0.5 * span, float(finite.max()) + 0.3 * span)
-    ax.set_ylabel("NLL per cell (nats, lower is better)")
-    ax.set_title(title)
-    ax.legend(frameon=False, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "nll.png", dpi=110)
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(5.2, 3.8))
-    for m, g in fewshot.groupby("model", sort=False):
-        ax.errorbar(g["n_adaptation_cells"], g["nll"], yerr=g["stderr"], marker="o", label=m, capsize=3)
-    ax.set_xlabel("adaptation cells (all held-out perturbations)")
-    ax.set_ylabel("held-out NLL per cell (nats)")
-    ax.set_title("few-shot adaptation")
-    ax.legend(frameon=False, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "fewshot.png", dpi=110)
-    plt.close(fig)
+def _score(settings: EvaluateSettings, evaluated: list, data, spec, split: pd.Series):
+    """Every model scored by :func:`scperturb_vae.tl.evaluate.evaluate_model`: the tables and per-model records."""
+    scoring = Scoring(seed=settings.seed, n_importance=settings.n_importance, fewshot=settings.fewshot,
+                      adapt_steps=settings.adapt_steps, heldin_cells=settings.heldin_cells)
+    scores, infos = [], {}
+    for i, ev in enumerate(evaluated):
+        logger.info(f"[evaluate {i + 1}/{len(evaluated)}] {ev.name}: zero-shot, adaptation "
+                    f"({', '.join(str(n) for n in settings.fewshot)} cells per perturbation), held-in")
+        t0 = time.perf_counter()
+        result = evaluate_model(ev.name, ev.model, data, spec, split, scoring)
+        infos[ev.name] = {**result.info, "seconds": round(time.perf_counter() - t0, 2), "run": ev.run_dir}
+        scores.append(result)
+    return assemble_tables(scores), infos
 
 
 def evaluate(settings: EvaluateSettings, *, progress_bar: bool = True) -> dict[str, Any]:
@@ -412,27 +257,13 @@ def evaluate(settings: EvaluateSettings, *, progress_bar: bool = True) -> dict[s
     with atomic_dir(out, overwrite=settings.overwrite) as tmp:
         if not settings.runs:
             data, spec, split, evaluated = _train_models(settings, tmp, progress_bar, data, spec, parts)
-        records, per_pert, fewshot, graphs, infos = [], [], [], [], {}
-        for i, ev in enumerate(evaluated):
-            logger.info(f"[evaluate {i + 1}/{len(evaluated)}] {ev.name}: zero-shot, adaptation "
-                        f"({', '.join(str(n) for n in settings.fewshot)} cells per perturbation), held-in")
-            t0 = time.perf_counter()
-            r, p, f, g, info = _evaluate_model(ev, data, spec, split, settings)
-            info["seconds"] = round(time.perf_counter() - t0, 2)
-            infos[ev.name] = {**info, "run": ev.run_dir}
-            records += r
-            per_pert += p
-            fewshot += f
-            if g is not None:
-                graphs.append(g)
-        table = pd.DataFrame(records, columns=["model", "setting", "nll", "stderr", "n_cells"])
-        per_pert = pd.DataFrame(per_pert, columns=["model", "setting", "perturbation", "nll", "stderr", "n_cells"])
-        fewshot = pd.DataFrame(fewshot)
+        tables, infos = _score(settings, evaluated, data, spec, split)
+        table, per_pert, fewshot = tables.table, tables.per_perturbation, tables.fewshot
         table.to_csv(tmp / "nll.csv", index=False)
         per_pert.to_csv(tmp / "nll_per_perturbation.csv", index=False)
         fewshot.to_csv(tmp / "fewshot.csv", index=False)
-        if graphs:
-            pd.concat(graphs).to_csv(tmp / "adapted_graph.csv")
+        if tables.adapted_graph is not None:
+            tables.adapted_graph.to_csv(tmp / "adapted_graph.csv")
         split.rename_axis("cell").to_frame("part").to_csv(tmp / "split.csv")
         (tmp / "nll.md").write_text(
             f"# Held-out NLL: {spec.name} ({len(spec.perturbations)} perturbations)\n\n" + _markdown(table)
@@ -449,5 +280,5 @@ def evaluate(settings: EvaluateSettings, *, progress_bar: bool = True) -> dict[s
             "versions": package_versions(),
             "seconds": round(time.perf_counter() - start, 2),
         }
-        write_json(_json_safe(summary), tmp / "evaluate.json")
+        write_json(summary, tmp / "evaluate.json")
     return {"out": out, "table": table, "per_perturbation": per_pert, "fewshot": fewshot, "summary": summary}

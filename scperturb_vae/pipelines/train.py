@@ -27,7 +27,6 @@ import json
 import logging
 import shutil
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,9 @@ from scperturb_vae.data.validate import PerturbationData, open_perturbation_adat
 from scperturb_vae.errors import InputError
 from scperturb_vae.io import atomic_dir, check_output, package_versions, write_json
 from scperturb_vae.model.registry import MODEL_NAMES
+from scperturb_vae.tl.checks import check_settings
+from scperturb_vae.tl.fit import final_metrics, history_frame, train_model
+from scperturb_vae.tl.heldout import holdout_split
 
 logger = logging.getLogger("scperturb_vae")
 
@@ -97,24 +99,12 @@ class TrainSettings:
         return self.holdout is not None or bool(self.holdout_perturbations)
 
     def validate(self) -> None:
-        if self.model not in MODEL_NAMES:
-            raise InputError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_NAMES)}")
-        if self.likelihood not in ("nb", "zinb", "poisson"):
-            raise InputError(f"unknown likelihood {self.likelihood!r}; choose nb, zinb or poisson")
-        if self.n_latent < 1:
-            raise InputError(f"--n-latent must be at least 1, not {self.n_latent}")
-        if self.max_epochs is not None and self.max_epochs < 1:
-            raise InputError(f"--max-epochs must be at least 1, not {self.max_epochs}")
-        if self.ll_cells < 0 or self.ll_samples < 1:
-            raise InputError("--ll-cells must be >= 0 and the number of importance samples >= 1")
-        if self.batch_size < 2:
-            raise InputError(f"--batch-size must be at least 2, not {self.batch_size}")
-        if self.n_clusters < 1:
-            raise InputError(f"--n-clusters must be at least 1, not {self.n_clusters}")
-        if not 0.0 < self.adapt_fraction < 1.0:
-            raise InputError(f"--adapt-fraction must be between 0 and 1, not {self.adapt_fraction}")
-        if self.checkpoint_every < 1:
-            raise InputError(f"--checkpoint-every must be at least 1, not {self.checkpoint_every}")
+        check_settings(
+            flags=True, model=self.model, likelihood=self.likelihood, n_latent=self.n_latent,
+            max_epochs=self.max_epochs, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
+            ll_cells=self.ll_cells, ll_samples=self.ll_samples, n_clusters=self.n_clusters,
+            adapt_fraction=self.adapt_fraction, checkpoint_every=self.checkpoint_every,
+        )
 
 
 @dataclass
@@ -131,48 +121,11 @@ def _devices(value: str) -> int | str:
     return int(value) if str(value).isdigit() else value
 
 
-def _history_frame(history: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    frames = [df for df in history.values() if isinstance(df, pd.DataFrame) and len(df)]
-    if not frames:
-        return pd.DataFrame(index=pd.Index([], name="epoch"))
-    hist = pd.concat(frames, axis=1)
-    hist.index.name = "epoch"
-    return hist
-
-
 def _plot_history(hist: pd.DataFrame, path: Path, title: str) -> None:
-    import matplotlib
+    from scperturb_vae.pl.base import save
+    from scperturb_vae.pl.training import loss_curve
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [
-        # the training objective: per-cell negative ELBO + prior penalty / training cells
-        # (scvi-tools' elbo_* columns divide the penalty by each set's own size instead)
-        ("objective per cell", ["train_loss", "validation_loss"]),
-        ("reconstruction loss", ["reconstruction_loss_train", "reconstruction_loss_validation"]),
-        ("KL (local)", ["kl_local_train", "kl_local_validation"]),
-    ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
-    for ax, (label, cols) in zip(axes, panels):
-        for col in cols:
-            if col in hist:
-                ax.plot(hist.index, hist[col], label="validation" if "validation" in col else "train")
-        ax.set_xlabel("epoch")
-        ax.set_title(label)
-        ax.legend(frameon=False)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _final_metrics(hist: pd.DataFrame) -> dict[str, float]:
-    """The last epoch's finite metrics (JSON has no NaN)."""
-    if not len(hist):
-        return {}
-    last = pd.to_numeric(hist.iloc[-1], errors="coerce")
-    return {k: float(v) for k, v in last.items() if np.isfinite(v)}
+    save(loss_curve(hist, title), path)
 
 
 def _graph_summary(graph: pd.DataFrame) -> dict[str, Any]:
@@ -214,26 +167,15 @@ def _validation_likelihood(model, settings: TrainSettings) -> dict[str, Any] | N
     }
 
 
-def _holdout_split(settings: TrainSettings, data: PerturbationData):
-    """The held-out perturbations and the cell parts, or ``(None, None)`` without a holdout."""
+def split_for(settings: TrainSettings, data: PerturbationData):
+    """The held-out perturbations and the cell parts of ``settings``, or ``(None, None)`` without a holdout."""
     if not settings.has_holdout:
         return None, None
-    from scperturb_vae.tl.heldout import make_split, resolve_holdout
-
-    spec = resolve_holdout(
+    return holdout_split(
         data, holdout=settings.holdout, holdout_perturbations=settings.holdout_perturbations,
-        clusters=settings.clusters, n_clusters=settings.n_clusters,
+        clusters=settings.clusters, n_clusters=settings.n_clusters, adapt_fraction=settings.adapt_fraction,
+        seed=settings.seed,
     )
-    parts = make_split(
-        data.adata.obs[data.perturbation_key], data.control_label, spec.perturbations,
-        adapt_fraction=settings.adapt_fraction, seed=settings.seed,
-    )
-    logger.info(
-        f"holding out {spec.name!r} ({len(spec.perturbations)} perturbations: {', '.join(spec.perturbations[:8])}"
-        f"{', ...' if len(spec.perturbations) > 8 else ''}): {int((parts == 'heldout_adapt').sum())} adaptation and "
-        f"{int((parts == 'heldout_eval').sum())} evaluation cells; {int((parts == 'train').sum())} cells train"
-    )
-    return spec, parts
 
 
 def _distributed_worker() -> bool:
@@ -269,50 +211,23 @@ def _backed_subset(adata, mask: np.ndarray, directory: Path | None, reuse: bool 
     return ad.read_h5ad(path, backed="r")
 
 
-def _fit(
-    settings: TrainSettings,
-    data: PerturbationData,
-    progress_bar: bool,
-    parts: pd.Series | None = None,
-    checkpoint_dir: Path | None = None,
-):
-    """Set up, train and summarise one model (no files written).
-
-    With ``parts`` (a held-out split), only the ``train`` cells are set up and trained on;
-    the cells scvi-tools keeps for validation are marked ``validation`` in the returned parts.
-    """
-    import scvi
-    import torch
-
-    from scperturb_vae.model.models import MODELS
-
-    worker = _distributed_worker()
+def _training_cells(data: PerturbationData, parts: pd.Series | None, checkpoint_dir: Path | None, worker: bool):
+    """The AnnData to train on: the whole input, or its ``train`` cells (copied, or streamed to a file when backed)."""
     if parts is None:
-        adata = data.adata
-    elif data.adata.isbacked:
-        adata = _backed_subset(data.adata, (parts == "train").to_numpy(), checkpoint_dir, reuse=worker)
-    else:
-        adata = data.adata[(parts == "train").to_numpy()].copy()
-    scvi.settings.seed = settings.seed
-    cls = MODELS[settings.model]
-    cls.setup_anndata(
-        adata,
-        perturbation_key=data.perturbation_key,
-        control_label=data.control_label,
-        layer=settings.layer,
-        batch_key=settings.batch_key,
-        min_cells=settings.min_cells,
-        allow_empty_genes=parts is not None,
-    )
-    model = cls(adata, n_latent=settings.n_latent, likelihood=settings.likelihood, **settings.model_kwargs)
-    logger.info(str(model._model_summary_string))
+        return data.adata
+    if data.adata.isbacked:
+        return _backed_subset(data.adata, (parts == "train").to_numpy(), checkpoint_dir, reuse=worker)
+    return data.adata[(parts == "train").to_numpy()].copy()
 
-    trainer_kwargs: dict[str, Any] = {}
+
+def _trainer_kwargs(settings: TrainSettings, checkpoint_dir: Path | None):
+    """Lightning options of a run: checkpoints (and resuming), the strategy; ``(kwargs, saver, resumed_from)``."""
+    from scperturb_vae.train.checkpoint import EpochCheckpoint, read_checkpoint_progress
+
+    trainer_kwargs: dict[str, Any] = {"check_val_every_n_epoch": 1}  # validation curves in history.csv
     resumed_from = None
     saver = None
     if checkpoint_dir is not None:
-        from scperturb_vae.train.plan import EpochCheckpoint, read_checkpoint_progress
-
         saver = EpochCheckpoint(checkpoint_dir, settings.checkpoint_every)
         trainer_kwargs["callbacks"] = [saver]
         if settings.resume:
@@ -328,19 +243,22 @@ def _fit(
         if checkpoint_dir is not None:
             # scvi-tools keeps a multi-process run's history in a file (default: ./lightning_logs)
             trainer_kwargs["log_save_dir"] = str(checkpoint_dir / "logs")
+    return trainer_kwargs, saver, resumed_from
 
-    start = time.perf_counter()
+
+def _train(settings: TrainSettings, data: PerturbationData, adata, progress_bar: bool, trainer_kwargs: dict, saver,
+           allow_empty_genes: bool):
+    """:func:`scperturb_vae.tl.fit.train_model` with Ctrl-C turned into KeyboardInterrupt; ``(model, seconds)``."""
     try:
         with _no_scvi_exception_print():
-            model.train(
-                max_epochs=settings.max_epochs,
-                batch_size=settings.batch_size,
-                lr=settings.lr,
-                accelerator=settings.accelerator,
-                devices=_devices(settings.devices),
-                enable_progress_bar=progress_bar,
-                check_val_every_n_epoch=1,  # validation curves in history.csv and loss_curve.png
-                **trainer_kwargs,
+            return train_model(
+                adata, model=settings.model, perturbation_key=data.perturbation_key,
+                control_label=data.control_label, layer=settings.layer, batch_key=settings.batch_key,
+                n_latent=settings.n_latent, likelihood=settings.likelihood, seed=settings.seed,
+                min_cells=settings.min_cells, model_kwargs=settings.model_kwargs, allow_empty_genes=allow_empty_genes,
+                max_epochs=settings.max_epochs, batch_size=settings.batch_size, lr=settings.lr,
+                accelerator=settings.accelerator, devices=_devices(settings.devices), progress_bar=progress_bar,
+                train_kwargs=trainer_kwargs,
             )
     except SystemExit:
         # Lightning answers Ctrl-C with a graceful shutdown, SIGINT ignored, and sys.exit(1)
@@ -350,10 +268,26 @@ def _fit(
             signal.signal(signal.SIGINT, signal.default_int_handler)
             raise KeyboardInterrupt from None
         raise
-    seconds = time.perf_counter() - start
+
+
+def _fit(
+    settings: TrainSettings,
+    data: PerturbationData,
+    progress_bar: bool,
+    parts: pd.Series | None = None,
+    checkpoint_dir: Path | None = None,
+):
+    """Set up, train and summarise one model (no files written).
+
+    With ``parts`` (a held-out split), only the ``train`` cells are set up and trained on;
+    the cells scvi-tools keeps for validation are marked ``validation`` in the returned parts.
+    """
+    worker = _distributed_worker()
+    adata = _training_cells(data, parts, checkpoint_dir, worker)
+    trainer_kwargs, saver, resumed_from = _trainer_kwargs(settings, checkpoint_dir)
+    model, seconds = _train(settings, data, adata, progress_bar, trainer_kwargs, saver, parts is not None)
     if worker:  # another process of a multi-process run: rank 0 summarises and writes
         return None
-    epochs = int(model.history["elbo_train"].shape[0]) if "elbo_train" in model.history else 0
     if parts is not None:
         parts = parts.copy()
         val_idx = getattr(model, "validation_indices", None)
@@ -362,16 +296,24 @@ def _fit(
 
     latent = model.get_latent_representation()
     graph = model.get_intervention_graph(latent=latent)
+    hist = history_frame(model.history)
+    summary = _run_summary(settings, data, adata, model, latent, graph, hist, seconds, resumed_from)
+    return model, summary, _latent_adata(settings, data, adata, model, latent, graph, summary), hist, graph, parts
 
-    validation_ll = _validation_likelihood(model, settings)
+
+def _run_summary(settings: TrainSettings, data: PerturbationData, adata, model, latent, graph, hist,
+                 seconds: float, resumed_from) -> dict[str, Any]:
+    """``run.json``: settings, resolved input, versions, timings, likelihood, diagnostics, recovery."""
+    import torch
+
     from scperturb_vae.tl.metrics import posterior_collapse
 
+    epochs = int(model.history["elbo_train"].shape[0]) if "elbo_train" in model.history else 0
+    validation_ll = _validation_likelihood(model, settings)
     diagnostics = posterior_collapse(model, seed=settings.seed)
-
-    hist = _history_frame(model.history)
-    summary: dict[str, Any] = {
+    return {
         "settings": asdict(settings),
-        "model_class": cls.__name__,
+        "model_class": type(model).__name__,
         "model_init_params": {**model.init_params_["non_kwargs"], **model.init_params_["kwargs"].get("module_kwargs", {})},
         "resolved": {
             "perturbation_key": data.perturbation_key,
@@ -393,12 +335,15 @@ def _fit(
             "resumed_from_epoch": resumed_from,
         },
         "validation_likelihood": validation_ll,
-        "final_metrics": _final_metrics(hist),
+        "final_metrics": final_metrics(hist),
         "graph": _graph_summary(graph),
         "diagnostics": diagnostics,
         "recovery": _recovery(adata, latent, graph),
     }
 
+
+def _latent_adata(settings: TrainSettings, data: PerturbationData, adata, model, latent, graph, summary):
+    """``latent.h5ad``: the posterior means with the input's obs and the run's record in ``uns["scvae"]``."""
     import anndata as ad
 
     obs = adata.obs[[c for c in adata.obs.columns if not c.startswith("_scvi")]].copy()
@@ -414,8 +359,7 @@ def _fit(
         "intervention_graph": graph.astype(np.float64),
         "run_json": json.dumps(summary, default=str),
     }
-
-    return model, summary, latent_adata, hist, graph, parts
+    return latent_adata
 
 
 class _DropScviExceptionPrint:
@@ -473,7 +417,7 @@ def _safe_checkpoint(directory: Path) -> Path:
     """The checkpoint file, after checking it holds nothing but plain data (no pickled objects)."""
     import torch
 
-    from scperturb_vae.train.plan import EpochCheckpoint
+    from scperturb_vae.train.checkpoint import EpochCheckpoint
 
     path = directory / EpochCheckpoint.FILE
     try:
@@ -489,7 +433,7 @@ def _safe_checkpoint(directory: Path) -> Path:
 def _prepare_checkpoints(settings: TrainSettings, out: Path, sha256: str) -> Path:
     """Create (or, with ``resume``, check) the checkpoint folder of ``out``."""
     from scperturb_vae.errors import OutputError
-    from scperturb_vae.train.plan import read_checkpoint_progress
+    from scperturb_vae.train.checkpoint import read_checkpoint_progress
 
     directory = checkpoint_dir(out)
     progress = read_checkpoint_progress(directory)
@@ -557,7 +501,7 @@ def train_run(
         logger.info(data.summary())
     if settings.batch_key is not None and settings.batch_key not in data.adata.obs:
         raise InputError(f"batch column {settings.batch_key!r} is not in the obs of {settings.adata}")
-    spec, parts = holdout if holdout is not None else _holdout_split(settings, data)
+    spec, parts = holdout if holdout is not None else split_for(settings, data)
     n_train = data.adata.n_obs if parts is None else int((parts == "train").sum())
     if n_train < MIN_TRAINING_CELLS:
         raise InputError(
@@ -600,7 +544,7 @@ def _train_worker(settings: TrainSettings, data: PerturbationData | None, holdou
             settings.adata, perturbation_key=settings.perturbation_key, control_label=settings.control,
             layer=settings.layer, min_cells=settings.min_cells, backed=settings.backed,
         )
-    _, parts = holdout if holdout is not None else _holdout_split(settings, data)
+    _, parts = holdout if holdout is not None else split_for(settings, data)
     _fit(settings, data, progress_bar=False, parts=parts, checkpoint_dir=checkpoint_dir(Path(settings.out)))
     return None
 

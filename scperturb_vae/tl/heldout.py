@@ -436,3 +436,18 @@ def mean_and_stderr(ll: np.ndarray, se: np.ndarray) -> tuple[float, float]:
     if len(ll) == 0:
         return math.nan, math.nan
     return float(-np.mean(ll)), float(np.sqrt(np.sum(np.square(se))) / len(se))
+
+
+def holdout_split(data: PerturbationData, *, holdout=None, holdout_perturbations=None, clusters=None,
+                  n_clusters: int = 8, adapt_fraction: float = 0.5, seed: int = 0):
+    """The held-out perturbations (:func:`resolve_holdout`) and the cells' parts (:func:`make_split`)."""
+    spec = resolve_holdout(data, holdout=holdout, holdout_perturbations=holdout_perturbations, clusters=clusters,
+                           n_clusters=n_clusters)
+    parts = make_split(data.adata.obs[data.perturbation_key], data.control_label, spec.perturbations,
+                       adapt_fraction=adapt_fraction, seed=seed)
+    logger.info(
+        f"holding out {spec.name!r} ({len(spec.perturbations)} perturbations: {', '.join(spec.perturbations[:8])}"
+        f"{', ...' if len(spec.perturbations) > 8 else ''}): {int((parts == 'heldout_adapt').sum())} adaptation and "
+        f"{int((parts == 'heldout_eval').sum())} evaluation cells; {int((parts == 'train').sum())} cells train"
+    )
+    return spec, parts
