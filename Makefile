@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make test   creates .venv, installs the package (CPU torch pinned), runs the tests
+#   make test   creates .venv, installs the package (CPU torch pinned), lints (ruff), runs the tests
 #   make demo   the same set-up, then simulates a screen, trains sVAE+ and writes its outputs
 PYTHON ?= python3
 VENV   ?= .venv
@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)

@@ -43,9 +43,9 @@ def benchmark(
     """
     setup_logging()
     with user_errors(ctx):
+        from scperturb_vae.io import check_output
         from scperturb_vae.model.registry import parse_models
         from scperturb_vae.pipelines.benchmark import parse_seeds, run_benchmark
-        from scperturb_vae.io import check_output
 
         model_list, seed_list = parse_models(models), parse_seeds(seeds)
         check_output(out, overwrite)

@@ -82,57 +82,16 @@ def clusters(
     """
     setup_logging()
     with user_errors(ctx):
-        import logging
-        import time
+        from scperturb_vae.pipelines.clusters import cluster_screen
 
-        import pandas as pd
-
-        from scperturb_vae.tl.clusters import (
-            cluster_summary,
-            compute_perturbation_clusters,
-            read_cluster_table,
-            restrict_to_perturbations,
-            write_cluster_table,
+        result = cluster_screen(
+            adata, out, perturbation_key=perturbation_key, control_label=control, layer=layer,
+            n_clusters=n_clusters, n_genes=n_genes, clusters_file=clusters_file, overwrite=overwrite,
         )
-        from scperturb_vae.data.validate import open_perturbation_adata
-        from scperturb_vae.errors import InputError
-        from scperturb_vae.io import check_output
-
-        logger = logging.getLogger("scperturb_vae")
-        check_output(out, overwrite)
-        if n_clusters < 1:
-            raise InputError(f"--n-clusters must be at least 1, got {n_clusters}")
-        if n_genes < 1:
-            raise InputError(f"--n-genes must be at least 1, got {n_genes}")
-        user_table = None
-        if clusters_file is not None:  # read the table before the (slower) h5ad
-            user_table = read_cluster_table(clusters_file)
-        start = time.perf_counter()
-        data = open_perturbation_adata(
-            adata, perturbation_key=perturbation_key, control_label=control, layer=layer
-        )
-        logger.info(data.summary())
-        n_cells = data.n_cells
-        if user_table is None:
-            table = compute_perturbation_clusters(
-                data.adata, data.perturbation_key, data.control_label,
-                n_clusters=n_clusters, n_genes=n_genes, layer=data.layer,
-            )
-            table["description"] = ""
-            source = "computed"
-        else:
-            table = restrict_to_perturbations(user_table, data.perturbations, source=Path(clusters_file).name)
-            table.insert(
-                2, "n_cells",
-                pd.Series([int(n_cells.get(p, 0)) for p in table["perturbation"]], dtype="int64"),
-            )
-            source = f"read from {clusters_file}"
-        table = table[["perturbation", "cluster", "n_cells", "description"]]
-        write_cluster_table(table, out, overwrite=overwrite)
-        summary = cluster_summary(table)
-        for line in _format_summary(summary):
+        table = result.table
+        for line in _format_summary(result.summary):
             typer.echo(line)
         typer.echo(
-            f"wrote {out}: {table['perturbation'].nunique()} perturbations in {len(summary)} clusters "
-            f"({source}) in {time.perf_counter() - start:.1f} s"
+            f"wrote {out}: {table['perturbation'].nunique()} perturbations in {len(result.summary)} clusters "
+            f"({result.source}) in {result.seconds:.1f} s"
         )

@@ -85,7 +85,8 @@ def evaluate(
     """
     setup_logging()
     with user_errors(ctx):
-        from scperturb_vae.pipelines.evaluate import EvaluateSettings, evaluate as run_evaluate, format_table
+        from scperturb_vae.pipelines.evaluate import EvaluateSettings, format_table
+        from scperturb_vae.pipelines.evaluate import evaluate as run_evaluate
 
         settings = EvaluateSettings(
             out=str(out), adata=None if adata is None else str(adata),

@@ -72,7 +72,7 @@ def prepare(
         import time
 
         from scperturb_vae.io import check_output
-        from scperturb_vae.data.prepare import prepare_screen
+        from scperturb_vae.pipelines.prepare import prepare_screen
 
         check_output(out, overwrite)
         start = time.perf_counter()

@@ -36,8 +36,8 @@ def score(
     """
     setup_logging()
     with user_errors(ctx):
-        from scperturb_vae.pipelines.score import format_score, score_run, write_score
         from scperturb_vae.io import check_output
+        from scperturb_vae.pipelines.score import format_score, score_run, write_score
 
         target = out if out is not None else run / "score.json"
         check_output(target, overwrite)

@@ -46,10 +46,10 @@ def simulate(
     """
     setup_logging()
     with user_errors(ctx):
-        from scperturb_vae.errors import InputError
-        from scperturb_vae.io import atomic_path, check_output
         from scperturb_vae.data.genesets import write_gmt
         from scperturb_vae.data.simulate import programs_to_gene_sets, simulate_screen
+        from scperturb_vae.errors import InputError
+        from scperturb_vae.io import atomic_path, check_output
 
         check_output(out, overwrite)
         if gmt is not None:

@@ -14,8 +14,8 @@ from ._common import (
     ControlOpt,
     HoldoutOpt,
     HoldoutPerturbationsOpt,
-    NClustersOpt,
     LayerOpt,
+    NClustersOpt,
     OverwriteOpt,
     PerturbationKeyOpt,
     SeedOpt,
@@ -131,34 +131,39 @@ def train(
             _interrupted(out)
         if result is None:  # a non-zero rank of a multi-process run: rank 0 writes and reports
             return
-        s = result.summary
-        g = s["graph"]
-        typer.echo(f"trained {s['model_class']} on {s['resolved']['n_cells']} cells x {s['resolved']['n_genes']} genes "
-                   f"({s['resolved']['n_perturbations']} perturbations, control '{s['resolved']['control_label']}') "
-                   f"in {s['timing']['train_seconds']:.1f} s ({s['timing']['seconds_per_epoch']:.2f} s/epoch)")
-        typer.echo(f"graph: {g['edges_above_0.5']} of {g['n_perturbations'] * g['n_latent']} perturbation x latent "
-                   f"probabilities > 0.5; {100 * g['fraction_below_0.05']:.1f}% < 0.05")
-        dg = s.get("diagnostics") or {}
-        if dg:
-            typer.echo(f"posterior: {dg['active_units']} of {g['n_latent']} latents active (Var E[z|x] > "
-                       f"{dg['active_threshold']}); KL {dg['kl_total']:.2f} nats per cell; "
-                       f"mutual information I(x; z) {dg['mutual_information']:.2f} nats")
-        r = s["recovery"]
-        if r is not None:
-            from scperturb_vae.pipelines.score import format_recovery
+        _report(result)
 
-            typer.echo("recovery of the simulated truth: " + format_recovery(r))
-        v = s["validation_likelihood"]
-        if v is not None:
-            typer.echo(f"validation NLL: {v['nll_mean']:.2f} +- {v['nll_stderr_mc']:.2f} nats per cell "
-                       f"({v['n_cells']} cells, {v['n_importance_samples']} importance samples)")
-        h = s.get("holdout")
-        if h is not None:
-            n = h["n_cells"]
-            typer.echo(f"held out {h['name']!r} ({len(h['perturbations'])} perturbations): {n['heldout_adapt']} adaptation "
-                       f"and {n['heldout_eval']} evaluation cells, not trained on (split.csv)")
-        typer.echo(f"wrote {result.out}/ (model/, latent.h5ad, intervention_graph.csv, history.csv, loss_curve.png, run.json"
-                   f"{', split.csv' if h is not None else ''})")
+
+def _report(result) -> None:
+    """The summary lines of a finished run."""
+    s = result.summary
+    g = s["graph"]
+    typer.echo(f"trained {s['model_class']} on {s['resolved']['n_cells']} cells x {s['resolved']['n_genes']} genes "
+               f"({s['resolved']['n_perturbations']} perturbations, control '{s['resolved']['control_label']}') "
+               f"in {s['timing']['train_seconds']:.1f} s ({s['timing']['seconds_per_epoch']:.2f} s/epoch)")
+    typer.echo(f"graph: {g['edges_above_0.5']} of {g['n_perturbations'] * g['n_latent']} perturbation x latent "
+               f"probabilities > 0.5; {100 * g['fraction_below_0.05']:.1f}% < 0.05")
+    dg = s.get("diagnostics") or {}
+    if dg:
+        typer.echo(f"posterior: {dg['active_units']} of {g['n_latent']} latents active (Var E[z|x] > "
+                   f"{dg['active_threshold']}); KL {dg['kl_total']:.2f} nats per cell; "
+                   f"mutual information I(x; z) {dg['mutual_information']:.2f} nats")
+    r = s["recovery"]
+    if r is not None:
+        from scperturb_vae.pipelines.score import format_recovery
+
+        typer.echo("recovery of the simulated truth: " + format_recovery(r))
+    v = s["validation_likelihood"]
+    if v is not None:
+        typer.echo(f"validation NLL: {v['nll_mean']:.2f} +- {v['nll_stderr_mc']:.2f} nats per cell "
+                   f"({v['n_cells']} cells, {v['n_importance_samples']} importance samples)")
+    h = s.get("holdout")
+    if h is not None:
+        n = h["n_cells"]
+        typer.echo(f"held out {h['name']!r} ({len(h['perturbations'])} perturbations): {n['heldout_adapt']} adaptation "
+                   f"and {n['heldout_eval']} evaluation cells, not trained on (split.csv)")
+    typer.echo(f"wrote {result.out}/ (model/, latent.h5ad, intervention_graph.csv, history.csv, loss_curve.png, run.json"
+               f"{', split.csv' if h is not None else ''})")
 
 
 def _interrupted(out: Path) -> None:

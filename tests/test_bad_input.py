@@ -31,9 +31,9 @@ import hashlib
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import anndata as ad
 import numpy as np
@@ -582,7 +582,7 @@ def test_every_command_has_cases():
 def test_corrupted_file_really_corrupts_the_counts(screen, tmp_path):
     """The 'corrupted' case flips bytes of the count matrix: reading it as h5ad works, and
     only the structure check stands between it and scipy writing out of bounds."""
-    from scperturb_vae.data.validate import check_counts
+    from scperturb_vae.data.counts import check_counts
     from scperturb_vae.errors import InputError
 
     path = build_h5ad("corrupted", screen, tmp_path)
@@ -614,7 +614,7 @@ def _broken(kind: str):
 @pytest.mark.parametrize("kind", ["csr-index-too-large", "csr-negative-index", "csr-decreasing-indptr",
                                   "csr-indptr-past-end", "csc-index-too-large", "coo-outside"])
 def test_check_counts_refuses_a_broken_sparse_structure(kind):
-    from scperturb_vae.data.validate import check_counts
+    from scperturb_vae.data.counts import check_counts
     from scperturb_vae.errors import InputError
 
     with pytest.raises(InputError, match="not a valid .* sparse matrix"):

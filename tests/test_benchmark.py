@@ -18,10 +18,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from scperturb_vae.data.simulate import graph_from_adata, simulate_screen
+from scperturb_vae.errors import InputError
 from scperturb_vae.pipelines.benchmark import markdown_summary, summarise_results
 from scperturb_vae.pipelines.score import score_run
-from scperturb_vae.errors import InputError
-from scperturb_vae.data.simulate import graph_from_adata, simulate_screen
 from scvae_cli.main import app
 
 BENCH_FILES = ("results.csv", "summary.csv", "summary.md", "metrics.png", "graph_seed0.png",

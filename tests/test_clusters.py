@@ -1,4 +1,5 @@
-"""Tests of perturbation clusters (:mod:`scperturb_vae.tl.clusters`) and ``scvae clusters``.
+"""Tests of perturbation clusters (:mod:`scperturb_vae.tl.clusters`), cluster tables
+(:mod:`scperturb_vae.data.cluster_tables`) and ``scvae clusters`` (:mod:`scperturb_vae.pipelines.clusters`).
 
 The clustering is checked on a hand-built screen whose two groups of perturbations move
 two disjoint gene blocks (the groups must come out exactly), on a simulated screen whose
@@ -21,17 +22,16 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import pdist
 from typer.testing import CliRunner
 
-from scperturb_vae.tl import clusters as clusters_module
-from scperturb_vae.tl.clusters import (
+from scperturb_vae.data.cluster_tables import (
     cluster_members,
     cluster_summary,
-    compute_perturbation_clusters,
-    perturbation_profiles,
     read_cluster_table,
     restrict_to_perturbations,
-    write_cluster_table,
 )
 from scperturb_vae.errors import InputError, OutputError
+from scperturb_vae.pipelines.clusters import write_cluster_table
+from scperturb_vae.tl import clusters as clusters_module
+from scperturb_vae.tl.clusters import compute_perturbation_clusters, perturbation_profiles
 from scvae_cli.main import app
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

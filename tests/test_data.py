@@ -1,4 +1,6 @@
-"""Tests of :mod:`scperturb_vae.data.validate`: opening and validating perturbation AnnData."""
+"""Tests of :mod:`scperturb_vae.data.validate` (with :mod:`~scperturb_vae.data.labels`,
+:mod:`~scperturb_vae.data.counts` and :mod:`~scperturb_vae.data.reading`): opening and validating
+perturbation AnnData."""
 
 from __future__ import annotations
 
@@ -12,17 +14,19 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from scperturb_vae.data.validate import (
+from scperturb_vae.data.counts import check_counts
+from scperturb_vae.data.labels import (
     COMBINATION_SEP,
     CONTROL_SPELLINGS,
     PERTURBATION_KEY_CANDIDATES,
-    PerturbationData,
-    check_counts,
-    open_perturbation_adata,
-    read_h5ad_checked,
     resolve_control_label,
     resolve_perturbation_key,
     split_combination,
+)
+from scperturb_vae.data.reading import read_h5ad_checked
+from scperturb_vae.data.validate import (
+    PerturbationData,
+    open_perturbation_adata,
     validate_perturbation_adata,
 )
 from scperturb_vae.errors import InputError, ScvaeError

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+from math import comb
 from pathlib import Path
 
 import numpy as np
@@ -10,24 +12,29 @@ import pytest
 from scipy import stats
 
 from scperturb_vae.data.genesets import load_gene_sets, read_gene_sets, restrict_gene_sets
+from scperturb_vae.errors import InputError
 from scperturb_vae.tl.enrichment import (
     ENRICHMENT_COLUMNS,
     PERTURBATION_ENRICHMENT_COLUMNS,
-    _average_ranks,
-    benjamini_hochberg,
+    _fdr,
+    _hypergeom_pvalues,
+    _rank_sum_from_ranks,
+    _ranks,
     enrich_latents,
-    hypergeom_sf,
-    log_binomial,
     perturbation_set_enrichment,
-    rank_sum_test,
 )
-from scperturb_vae.errors import InputError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 GENESETS = SHARED / "genesets"
 
 
 # --------------------------------------------------------------------------- statistics
+def _exact_upper_tail(k, M, n, N) -> float:
+    """``P(X >= k)`` of the hypergeometric distribution, from exact binomial coefficients."""
+    terms = [Fraction(comb(n, j) * comb(M - n, N - j), comb(M, N)) for j in range(max(k, 0), min(n, N) + 1)]
+    return float(sum(terms, Fraction(0)))
+
+
 @pytest.mark.parametrize(
     "k, M, n, N",
     [
@@ -36,66 +43,69 @@ GENESETS = SHARED / "genesets"
         (1, 500, 1, 1), (6, 40, 20, 20), (11, 40, 20, 20),
     ],
 )
-def test_hypergeom_sf_matches_scipy(k, M, n, N):
-    ours = float(hypergeom_sf(k, M, n, N))
-    theirs = float(stats.hypergeom.sf(k - 1, M, n, N))
-    assert ours == pytest.approx(theirs, rel=1e-9, abs=1e-300)
+def test_hypergeom_pvalues_are_upper_tails(k, M, n, N):
+    """``P(X >= k)``, not scipy's ``P(X > k)``: the ``k - 1`` shift, against exact arithmetic."""
+    ours = float(_hypergeom_pvalues(k, M, n, N))
+    assert ours == pytest.approx(_exact_upper_tail(k, M, n, N), rel=1e-9, abs=1e-300)
+    assert ours == pytest.approx(float(stats.hypergeom.sf(k - 1, M, n, N)), rel=1e-12, abs=1e-300)
 
 
-def test_hypergeom_sf_vectorised_and_edges():
+def test_hypergeom_pvalues_vectorised_and_edges():
     rng = np.random.default_rng(1)
     M = rng.integers(20, 400, size=200)
     n = np.array([rng.integers(0, m + 1) for m in M])
     N = np.array([rng.integers(0, m + 1) for m in M])
     k = np.array([rng.integers(0, min(a, b) + 2) for a, b in zip(n, N)])
-    ours = hypergeom_sf(k, M, n, N)
-    theirs = stats.hypergeom.sf(k - 1, M, n, N)
-    np.testing.assert_allclose(ours, theirs, rtol=1e-8, atol=1e-14)
+    ours = _hypergeom_pvalues(k, M, n, N)
+    exact = [_exact_upper_tail(*args) for args in zip(k.tolist(), M.tolist(), n.tolist(), N.tolist())]
+    np.testing.assert_allclose(ours, exact, rtol=1e-8, atol=1e-14)
     # k above the largest possible overlap: probability 0; k <= 0: probability 1
-    assert hypergeom_sf(6, 100, 5, 50) == 0.0
-    assert hypergeom_sf(0, 100, 5, 50) == 1.0
+    assert _hypergeom_pvalues(6, 100, 5, 50) == 0.0
+    assert _hypergeom_pvalues(0, 100, 5, 50) == 1.0
     # forced overlap (N - (M - n) = 3): P(X >= 3) = 1
-    assert hypergeom_sf(3, 10, 8, 5) == pytest.approx(1.0)
+    assert _hypergeom_pvalues(3, 10, 8, 5) == pytest.approx(1.0)
     # a tail far below float64's 1e-16 relative spacing from 1 is still accurate
-    assert hypergeom_sf(50, 20000, 50, 50) == pytest.approx(float(stats.hypergeom.pmf(50, 20000, 50, 50)), rel=1e-8)
-    with pytest.raises(ValueError):
-        hypergeom_sf(1, 10, 11, 2)
+    assert _hypergeom_pvalues(50, 20000, 50, 50) == pytest.approx(float(stats.hypergeom.pmf(50, 20000, 50, 50)), rel=1e-8)
+    assert _hypergeom_pvalues(50, 20000, 50, 50) == pytest.approx(_exact_upper_tail(50, 20000, 50, 50), rel=1e-8)
 
 
-def test_log_binomial_known_values():
-    assert float(log_binomial(5, 2)) == pytest.approx(np.log(10))
-    assert float(log_binomial(50, 25)) == pytest.approx(np.log(126410606437752), rel=1e-12)
-    assert log_binomial(4, 5) == -np.inf and log_binomial(4, -1) == -np.inf
-
-
-def test_benjamini_hochberg_hand_computation():
+def test_fdr_hand_computation():
     # sorted: 0.01 (x4/1 = .04), 0.03 (x4/2 = .06), 0.04 (x4/3 = .0533), 0.20 (x4/4 = .20)
     # step-up minimum from the top: .20, .0533, min(.06, .0533) = .0533, .04
-    fdr = benjamini_hochberg([0.01, 0.04, 0.03, 0.20])
+    fdr = _fdr([0.01, 0.04, 0.03, 0.20])
     np.testing.assert_allclose(fdr, [0.04, 0.16 / 3, 0.16 / 3, 0.20])
     np.testing.assert_allclose(fdr, stats.false_discovery_control([0.01, 0.04, 0.03, 0.20]))
 
 
-def test_benjamini_hochberg_random_monotone_and_nan():
+def test_fdr_random_monotone_and_nan():
     rng = np.random.default_rng(0)
     p = np.concatenate([rng.uniform(size=300), rng.uniform(0, 1e-4, size=30)])
-    fdr = benjamini_hochberg(p)
+    fdr = _fdr(p)
     np.testing.assert_allclose(fdr, stats.false_discovery_control(p), rtol=1e-12)
     order = np.argsort(p)
     assert np.all(np.diff(fdr[order]) >= -1e-15)  # monotone in p
     assert np.all(fdr >= p) and np.all(fdr <= 1)
     with_nan = np.array([0.01, np.nan, 0.04, 0.03, 0.20])
-    out = benjamini_hochberg(with_nan)
+    out = _fdr(with_nan)
     assert np.isnan(out[1])
     np.testing.assert_allclose(out[[0, 2, 3, 4]], [0.04, 0.16 / 3, 0.16 / 3, 0.20])
-    assert np.isnan(benjamini_hochberg([np.nan])).all()
+    assert np.isnan(_fdr([np.nan])).all()
 
 
-def test_average_ranks_and_tie_term_match_scipy():
+def test_ranks_and_tie_correction():
     x = np.array([3.0, 1.0, 3.0, 2.0, 3.0, 1.0, 7.0])
-    ranks, tie = _average_ranks(x)
+    ranks, correction = _ranks(x)
     np.testing.assert_allclose(ranks, stats.rankdata(x))
-    assert tie == (3**3 - 3) + (2**3 - 2)  # three 3.0s, two 1.0s
+    tie = (3**3 - 3) + (2**3 - 2)  # three 3.0s, two 1.0s
+    assert correction == pytest.approx(1 - tie / (x.size**3 - x.size), rel=1e-15)
+
+
+def _rank_sum_test(x, y, alternative, continuity):
+    """One set (``x``) against the rest (``y``) through the vectorised rank-sum."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    ranks, correction = _ranks(np.concatenate([x, y]))
+    auc, p = _rank_sum_from_ranks(ranks[: x.size].sum(), x.size, x.size + y.size, correction, alternative, continuity)
+    return float(auc), float(p)
 
 
 @pytest.mark.parametrize("continuity", [True, False])
@@ -105,7 +115,7 @@ def test_rank_sum_matches_scipy_with_ties(alternative, continuity):
     for _ in range(5):
         x = rng.integers(0, 6, size=rng.integers(3, 25)).astype(float)  # many ties
         y = rng.integers(0, 8, size=rng.integers(10, 60)).astype(float)
-        auc, p = rank_sum_test(x, y, alternative=alternative, continuity=continuity)
+        auc, p = _rank_sum_test(x, y, alternative, continuity)
         ref = stats.mannwhitneyu(x, y, alternative=alternative, method="asymptotic", use_continuity=continuity)
         assert p == pytest.approx(ref.pvalue, rel=1e-10)
         u1 = ref.statistic  # scipy reports U of x
@@ -113,18 +123,40 @@ def test_rank_sum_matches_scipy_with_ties(alternative, continuity):
         assert auc == pytest.approx(expected, rel=1e-12)
 
 
+@pytest.mark.parametrize("continuity", [True, False])
+@pytest.mark.parametrize("alternative", ["greater", "less"])
+def test_vectorised_rank_sum_over_sets_matches_mannwhitneyu_per_set(alternative, continuity):
+    """Many sets at once (rank sums through a membership matrix) = one mannwhitneyu per set."""
+    rng = np.random.default_rng(4)
+    scores = np.round(rng.normal(size=300), 1)  # many ties
+    membership = rng.random((40, scores.size)) < rng.uniform(0.02, 0.3, size=(40, 1))
+    membership[0, :] = False
+    membership[0, :5] = True
+    ranks, correction = _ranks(scores)
+    sizes = membership.sum(axis=1)
+    auc, p = _rank_sum_from_ranks(membership.astype(float) @ ranks, sizes, scores.size, correction, alternative,
+                                  continuity)
+    for r, members in enumerate(membership):
+        ref = stats.mannwhitneyu(scores[members], scores[~members], alternative=alternative, method="asymptotic",
+                                 use_continuity=continuity)
+        assert p[r] == pytest.approx(ref.pvalue, rel=1e-10)
+        u1 = ref.statistic / (sizes[r] * (scores.size - sizes[r]))
+        assert auc[r] == pytest.approx(u1 if alternative == "greater" else 1 - u1, rel=1e-12)
+
+
 def test_rank_sum_known_answer_and_degenerate():
     # x entirely above y: U1 = n1 n2, AUC 1
-    auc, p = rank_sum_test([10, 11, 12], [1, 2, 3, 4], alternative="greater", continuity=False)
+    auc, p = _rank_sum_test([10, 11, 12], [1, 2, 3, 4], "greater", False)
     assert auc == 1.0
     # hand: n1=3, n2=4, mean 6, var = 12/12*(8) = 8, z = 6/sqrt(8)
     assert p == pytest.approx(stats.norm.sf(6 / np.sqrt(8)))
-    auc_less, p_less = rank_sum_test([10, 11, 12], [1, 2, 3, 4], alternative="less", continuity=False)
+    auc_less, p_less = _rank_sum_test([10, 11, 12], [1, 2, 3, 4], "less", False)
     assert auc_less == 0.0 and p_less == pytest.approx(stats.norm.sf(-6 / np.sqrt(8)))
-    assert all(np.isnan(rank_sum_test([1.0, 1.0], [1.0, 1.0, 1.0])))  # all tied: no variance
-    assert all(np.isnan(rank_sum_test([], [1.0])))
-    with pytest.raises(ValueError):
-        rank_sum_test([1], [2], alternative="two-sided")
+    assert all(np.isnan(_rank_sum_test([1.0, 1.0], [1.0, 1.0, 1.0], "greater", True)))  # all tied: no variance
+    assert all(np.isnan(_rank_sum_test([], [1.0], "greater", True)))
+    # empty sides of sets in the vectorised form
+    auc, p = _rank_sum_from_ranks(np.array([0.0, 10.0]), np.array([0, 4]), 4, 1.0, "greater", True)
+    assert np.isnan(auc).all() and np.isnan(p).all()
 
 
 # --------------------------------------------------------------------------- readers
@@ -261,7 +293,7 @@ def test_enrich_latents_against_scipy():
     assert ora_any.overlap == k_abs and ora_any.pvalue == pytest.approx(stats.hypergeom.sf(k_abs - 1, M, 10, 15))
 
     # FDR: BH within (latent, source, test) families, both directions together
-    for (lat, test), family in table.groupby(["latent", "test"]):
+    for _, family in table.groupby(["latent", "test"]):
         assert len(family) == 12
         np.testing.assert_allclose(family["fdr"], stats.false_discovery_control(family["pvalue"]))
     # sorted by latent (row order of effects) then fdr

@@ -14,7 +14,10 @@ import torch
 from scvi import REGISTRY_KEYS
 from typer.testing import CliRunner
 
+from scperturb_vae.data.simulate import simulate_screen
 from scperturb_vae.errors import InputError
+from scperturb_vae.module.priors import ConditionalGaussianPrior, SparseShiftPrior, StandardNormalPrior
+from scperturb_vae.module.vae import PerturbationVAEModule
 from scperturb_vae.tl.heldout import (
     HeldoutCells,
     adapt_prior,
@@ -23,9 +26,6 @@ from scperturb_vae.tl.heldout import (
     heldout_log_likelihood,
     make_split,
 )
-from scperturb_vae.module.vae import PerturbationVAEModule
-from scperturb_vae.module.priors import ConditionalGaussianPrior, SparseShiftPrior, StandardNormalPrior
-from scperturb_vae.data.simulate import simulate_screen
 
 runner = CliRunner()
 

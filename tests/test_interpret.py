@@ -1,4 +1,5 @@
-"""Tests of :mod:`scperturb_vae.pipelines.interpret` and ``scvae interpret``.
+"""Tests of :mod:`scperturb_vae.pipelines.interpret` (with :mod:`scperturb_vae.model.interpretability` and
+:mod:`scperturb_vae.tl.targets`) and ``scvae interpret``.
 
 The gene effects are checked against a decoder whose answer is known in closed form
 (``rho = softmax(W z + b_batch)``), the targets against a hand-made graph, the headline
@@ -21,16 +22,11 @@ import torch
 from scipy.special import logsumexp
 from typer.testing import CliRunner
 
-from scperturb_vae.tl.enrichment import ENRICHMENT_COLUMNS
 from scperturb_vae.errors import InputError
-from scperturb_vae.pipelines.interpret import (
-    DENSE_TOP,
-    OUTPUT_FILES,
-    gene_effects,
-    interpret_run,
-    latent_traversal,
-    perturbation_targets,
-)
+from scperturb_vae.model.interpretability import gene_effects, latent_traversal
+from scperturb_vae.pipelines.interpret import OUTPUT_FILES, interpret_run
+from scperturb_vae.tl.enrichment import ENRICHMENT_COLUMNS
+from scperturb_vae.tl.targets import DENSE_TOP, perturbation_targets
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -46,9 +42,9 @@ N_GENES, N_LATENT = 40, 3
 @pytest.fixture(scope="module")
 def tiny_model():
     """An sVAE+ (1 epoch) on 210 cells in two batches; the decoder is replaced per test."""
+    from scperturb_vae.data.simulate import simulate_screen
     from scperturb_vae.logs import quiet_third_party
     from scperturb_vae.model.models import SVAEPlus
-    from scperturb_vae.data.simulate import simulate_screen
 
     quiet_third_party()
     adata = simulate_screen("programs", seed=1, n_latent=N_LATENT, n_perturbations=6, n_cells_per_perturbation=30,
@@ -206,10 +202,10 @@ def test_programs_top_set_is_the_true_program(tmp_path):
     """For >= 90% of the active learned latents, the top enriched set is its true program."""
     import anndata as ad
 
-    from scperturb_vae.tl.metrics import mean_correlation_coefficient
-    from scperturb_vae.pipelines.train import TrainSettings, train_run
     from scperturb_vae.data.genesets import write_gmt
     from scperturb_vae.data.simulate import programs_to_gene_sets, simulate_screen
+    from scperturb_vae.pipelines.train import TrainSettings, train_run
+    from scperturb_vae.tl.metrics import mean_correlation_coefficient
 
     adata = simulate_screen("programs", seed=0, **HEADLINE)
     h5, gmt = tmp_path / "sim.h5ad", tmp_path / "programs.gmt"
@@ -256,9 +252,9 @@ def test_programs_top_set_is_the_true_program(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A 3-epoch sVAE+ run on a tiny programs screen, its GMT and a cluster table."""
-    from scperturb_vae.pipelines.train import TrainSettings, train_run
     from scperturb_vae.data.genesets import write_gmt
     from scperturb_vae.data.simulate import programs_to_gene_sets, simulate_screen
+    from scperturb_vae.pipelines.train import TrainSettings, train_run
 
     folder = tmp_path_factory.mktemp("interp_cli")
     adata = simulate_screen("programs", seed=2, n_latent=3, n_perturbations=6, n_cells_per_perturbation=25,

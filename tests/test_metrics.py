@@ -185,7 +185,7 @@ def test_graph_unmatched_true_latent_counts_as_missed():
 def test_auroc_and_average_precision_match_sklearn():
     skm = pytest.importorskip("sklearn.metrics")
     rng = np.random.default_rng(6)
-    for trial in range(20):
+    for _ in range(20):
         n = int(rng.integers(5, 60))
         labels = rng.random(n) < rng.uniform(0.1, 0.9)
         if labels.all() or not labels.any():
@@ -196,6 +196,13 @@ def test_auroc_and_average_precision_match_sklearn():
         assert average_precision(labels, scores) == pytest.approx(
             skm.average_precision_score(labels, scores), abs=1e-12)
     assert np.isnan(roc_auc([1, 1], [0.2, 0.3])) and np.isnan(average_precision([0, 0], [0.2, 0.3]))
+    assert np.isnan(roc_auc([0, 0], [0.2, 0.3])) and average_precision([1, 1], [0.2, 0.3]) == 1.0
+    assert np.isnan(roc_auc([], [])) and np.isnan(average_precision([], []))
+    assert np.isnan(roc_auc([1, 0, 1], [0.1, np.nan, 0.3]))
+    # infinite scores are ranked; a NaN score is below every other (AP: each NaN its own threshold)
+    assert roc_auc([1, 0, 1], [np.inf, 0.5, -np.inf]) == 0.5
+    assert average_precision([1, 0, 1], [0.1, np.nan, 0.3]) == 1.0
+    assert average_precision([0, 1, 0, 1], [np.nan, np.nan, 0.2, -np.inf]) == pytest.approx((1 / 2 + 2 / 4) / 2)
 
 
 def test_recovery_summary_is_strict_json_for_a_graph_without_non_edges():
@@ -304,8 +311,8 @@ def tiny_models():
     """A VAE and an sVAE+ trained for 3 epochs on a tiny simulated screen."""
     import scvi
 
-    from scperturb_vae.model.models import VAE, SVAEPlus
     from scperturb_vae.data.simulate import simulate_screen
+    from scperturb_vae.model.models import VAE, SVAEPlus
 
     adata = simulate_screen("paper", n_latent=3, n_perturbations=6, n_cells_per_perturbation=50, n_genes=30,
                             n_heldout=0, max_targets=2, seed=0)

@@ -9,9 +9,9 @@ import torch
 from scipy.stats import mannwhitneyu
 
 import scperturb_vae as sv
-from scperturb_vae.tl.metrics import mean_correlation_coefficient
-from scperturb_vae.model.base import default_kl_warmup
 from scperturb_vae.data.simulate import graph_from_adata, simulate_screen
+from scperturb_vae.model.base import default_kl_warmup
+from scperturb_vae.tl.metrics import mean_correlation_coefficient
 
 FAST = {"enable_progress_bar": False}
 

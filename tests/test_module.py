@@ -8,8 +8,8 @@ import pytest
 import torch
 from scvi import REGISTRY_KEYS
 
-from scperturb_vae.module.vae import PerturbationVAEModule
 from scperturb_vae.module.priors import ConditionalGaussianPrior, SparseShiftPrior, StandardNormalPrior
+from scperturb_vae.module.vae import PerturbationVAEModule
 
 # label codes: 0 = control, 1 = A, 2 = B, 3 = A+B
 LABEL_TABLE = torch.tensor([[-1, -1], [0, -1], [1, -1], [0, 1]])

@@ -27,10 +27,10 @@ import torch
 from typer.testing import CliRunner
 
 import scperturb_vae as sv
+from scperturb_vae.data.simulate import simulate_screen
 from scperturb_vae.errors import InputError
 from scperturb_vae.model.runs import load_run
 from scperturb_vae.pipelines.train import TrainSettings, _prepare_checkpoints, _safe_checkpoint, checkpoint_dir
-from scperturb_vae.data.simulate import simulate_screen
 from scvae_cli.main import app
 
 SCVAE = [sys.executable, "-c", "from scvae_cli.main import main; main()"]

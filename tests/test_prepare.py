@@ -1,4 +1,5 @@
-"""Tests of ``scvae prepare`` (:mod:`scperturb_vae.data.prepare`, ``cli/prepare.py``).
+"""Tests of ``scvae prepare`` (:mod:`scperturb_vae.data.prepare`, :mod:`scperturb_vae.data.layouts`,
+:mod:`scperturb_vae.pipelines.prepare`, ``cli/prepare.py``).
 
 Small files in the Replogle 2022 layout (dense float32 counts, Ensembl IDs with a
 ``gene_name`` column, ``gene``/``gem_group``/``sgID_AB`` obs) and in the scPerturb layout
@@ -20,15 +21,11 @@ import pytest
 import scipy.sparse as sp
 from typer.testing import CliRunner
 
+from scperturb_vae.data.layouts import PREPARED_CONTROL, detect_layout
+from scperturb_vae.data.prepare import UNS_KEY, prepare_adata
 from scperturb_vae.data.validate import open_perturbation_adata
 from scperturb_vae.errors import InputError, OutputError
-from scperturb_vae.data.prepare import (
-    PREPARED_CONTROL,
-    UNS_KEY,
-    detect_layout,
-    prepare_adata,
-    prepare_screen,
-)
+from scperturb_vae.pipelines.prepare import prepare_screen
 from scvae_cli.main import app
 
 REPLOGLE_GENES = ["POLR2A", "RPL3", "SUPT5H", "MED12", "TAF1", "GATA1"]

@@ -23,8 +23,8 @@ import scipy.sparse as sp
 from typer.testing import CliRunner
 
 from scperturb_vae.data.ondisk import write_rows
-from scperturb_vae.model.runs import load_run
 from scperturb_vae.data.simulate import simulate_screen
+from scperturb_vae.model.runs import load_run
 from scvae_cli.main import app
 
 FAST = ["--n-latent", "3", "--no-progress", "--ll-cells", "100"]

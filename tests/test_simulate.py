@@ -9,7 +9,6 @@ import pytest
 import scipy.sparse as sp
 from scipy.stats import spearmanr
 
-from scperturb_vae.errors import InputError
 from scperturb_vae.data.genesets import read_gene_sets, write_gmt
 from scperturb_vae.data.simulate import (
     PRESETS,
@@ -17,6 +16,7 @@ from scperturb_vae.data.simulate import (
     programs_to_gene_sets,
     simulate_screen,
 )
+from scperturb_vae.errors import InputError
 
 SMALL_PAPER = dict(n_perturbations=12, n_cells_per_perturbation=20, n_heldout=2, n_latent=6)
 SMALL_PROGRAMS = dict(

@@ -23,10 +23,10 @@ import torch  # noqa: E402
 
 import scperturb_vae as sv  # noqa: E402
 from scperturb_vae import pl, tl  # noqa: E402
-from scperturb_vae.get import fitted as sv_get  # noqa: E402
-from scperturb_vae.errors import InputError  # noqa: E402
 from scperturb_vae.data.genesets import write_gmt  # noqa: E402
 from scperturb_vae.data.simulate import graph_from_adata, simulate_screen  # noqa: E402
+from scperturb_vae.errors import InputError  # noqa: E402
+from scperturb_vae.get import fitted as sv_get  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 N_LATENT = 3
@@ -215,7 +215,7 @@ def test_embed_repeats_fit_and_loads_run_folders(fitted, sim, tmp_path):
 
 # =========================================================================== interpretation
 def test_gene_effects_are_the_library_effects_in_varm(with_effects):
-    from scperturb_vae.pipelines.interpret import gene_effects
+    from scperturb_vae.model.interpretability import gene_effects
 
     adata, model, effects = with_effects
     direct = gene_effects(model, adata, n_cells=300, seed=1)

@@ -41,8 +41,9 @@ import scanpy as sc
 import torch
 
 import scperturb_vae as sv
-from scperturb_vae.pipelines.score import format_recovery
+from scperturb_vae.data.simulate import graph_from_adata
 from scperturb_vae.logs import quiet_third_party, setup_logging
+from scperturb_vae.pipelines.score import format_recovery
 
 QUICK = os.environ.get("SCVAE_QUICK", "0").strip().lower() in ("1", "true", "yes")
 
@@ -76,7 +77,7 @@ print(f"mode: {'quick' if QUICK else 'full'}; outputs in {OUT}")
 sizes = (dict(n_latent=4, n_perturbations=12, n_cells_per_perturbation=150, n_genes=40, n_heldout=2,
               max_targets=2) if QUICK else {})
 adata = sv.simulate_screen("paper", seed=SEED, **sizes)
-true_graph = sv.simulate.graph_from_adata(adata)
+true_graph = graph_from_adata(adata)
 n_latent = true_graph.shape[1]
 print(adata)
 print(f"{n_latent} true latents, {int(true_graph.to_numpy().sum())} true edges among "

@@ -44,10 +44,10 @@ import numpy as np
 import torch
 
 import scperturb_vae as sv
-from scperturb_vae.pipelines.interpret import perturbation_targets, program_match, summary_lines
-from scperturb_vae.logs import quiet_third_party, setup_logging
 from scperturb_vae.data.genesets import write_gmt
 from scperturb_vae.data.simulate import programs_to_gene_sets
+from scperturb_vae.logs import quiet_third_party, setup_logging
+from scperturb_vae.tl.targets import perturbation_targets, program_match, summary_lines
 
 QUICK = os.environ.get("SCVAE_QUICK", "0").strip().lower() in ("1", "true", "yes")
 FORCE_SIMULATION = os.environ.get("SCVAE_FORCE_SIMULATION", "0").strip().lower() in ("1", "true", "yes")

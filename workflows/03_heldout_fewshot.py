@@ -47,8 +47,9 @@ import pandas as pd
 import torch
 
 import scperturb_vae as sv
-from scperturb_vae.pipelines.evaluate import format_table
+from scperturb_vae.data.simulate import graph_from_adata
 from scperturb_vae.logs import quiet_third_party, setup_logging
+from scperturb_vae.pipelines.evaluate import format_table
 from scperturb_vae.tl.metrics import mean_correlation_coefficient
 
 QUICK = os.environ.get("SCVAE_QUICK", "0").strip().lower() in ("1", "true", "yes")
@@ -134,7 +135,7 @@ assignment = mean_correlation_coefficient(z_true, svae.get_latent_representation
 order = [svae.latent_names[c] for c in assignment if c >= 0]
 order += [name for name in svae.latent_names if name not in order]
 adapted = result.adapted_graph.drop(columns="model")[order]
-truth = sv.simulate.graph_from_adata(adata).loc[held]
+truth = graph_from_adata(adata).loc[held]
 fig = sv.pl.graph(adapted, truth=truth, cluster=False, title="adapted graph (sVAE+)", save=OUT / "adapted_graph.png")
 fig
 

@@ -60,9 +60,9 @@ def run_one(name: str, seed: int, threads: int) -> dict:
     import scvi
     import torch
 
-    from scperturb_vae.tl.metrics import recovery_summary
-    from scperturb_vae.model.models import MODELS
     from scperturb_vae.data.simulate import graph_from_adata, simulate_screen
+    from scperturb_vae.model.models import MODELS
+    from scperturb_vae.tl.metrics import recovery_summary
 
     torch.set_num_threads(threads)
     model_name, n_latent, epochs, model_kwargs, train_kwargs = CONFIGS[name]

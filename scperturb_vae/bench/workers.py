@@ -220,7 +220,8 @@ def _work_sparse(spec: dict[str, Any]) -> dict[str, Any]:
     import scvi
     import torch
 
-    from scperturb_vae.data.validate import file_sha256, read_h5ad_checked, validate_perturbation_adata
+    from scperturb_vae.data.reading import file_sha256, read_h5ad_checked
+    from scperturb_vae.data.validate import validate_perturbation_adata
     from scperturb_vae.logs import quiet_third_party
     from scperturb_vae.model.models import SVAEPlus
 

@@ -1,5 +1,11 @@
-"""Gene-set files: the one reader of GMT files and CORUM complex tables, the GMT writer,
-perturbation-group files (cluster tables, CORUM, GMT), and restriction to a model's genes.
+"""Gene-set files: the package's one reader of GMT files and CORUM complex tables.
+
+- :func:`read_gene_sets` reads one GMT file or CORUM table (the layout is told by its
+  first line), :func:`load_gene_sets` several, each a source named by its file's stem;
+- :func:`read_groups` reads groups of perturbations: a CORUM table, a GMT file or a
+  cluster table;
+- :func:`restrict_gene_sets` restricts sets to a model's genes and filters them by size;
+- :func:`write_gmt` writes sets as GMT (read back by :func:`read_gene_sets`).
 
 Gene names are matched case-insensitively (``Ccnc`` matches ``CCNC``).
 """
@@ -15,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from scperturb_vae.data.cluster_tables import read_cluster_table
 from scperturb_vae.errors import InputError
 from scperturb_vae.io import atomic_path
 
@@ -22,6 +29,7 @@ __all__ = [
     "CORUM_GENES_COLUMN",
     "CORUM_NAME_COLUMN",
     "CORUM_ORGANISM_COLUMN",
+    "case_map",
     "load_gene_sets",
     "read_gene_sets",
     "read_groups",
@@ -32,20 +40,19 @@ __all__ = [
 logger = logging.getLogger("scperturb_vae")
 
 
-#: Columns of a CORUM complex table (tab-separated) that mark its layout.
+#: Column of a CORUM complex table (tab-separated) with the complex's name; with
+#: :data:`CORUM_GENES_COLUMN` in the header it marks the layout.
 CORUM_NAME_COLUMN = "ComplexName"
-
-
+#: Column of a CORUM table with the subunits' gene symbols, ``;``-separated.
 CORUM_GENES_COLUMN = "subunits(Gene name)"
-
-
+#: Column of a CORUM table with the complex's organism.
 CORUM_ORGANISM_COLUMN = "Organism"
 
-
+#: Gene fields that name no gene (compared lower-cased).
 _MISSING_GENE = {"", "none", "nan", "na", "-"}
 
 
-def read_text(path: Path, what: str) -> str:
+def _read_text(path: Path, what: str) -> str:
     """The whole text of a file, with one-line errors for a missing or binary file."""
     if not path.exists():
         raise InputError(f"{what} {path} does not exist")
@@ -63,7 +70,13 @@ def read_text(path: Path, what: str) -> str:
         return raw.decode("latin-1")
 
 
-def is_corum_header(first_line: str) -> bool:
+def _first_line(text: str) -> str:
+    """The first line of ``text`` that is not blank (``""`` when none is)."""
+    return next((line for line in text.splitlines() if line.strip()), "")
+
+
+def _is_corum_header(first_line: str) -> bool:
+    """Whether a file's first line is the header of a CORUM complex table."""
     fields = [f.strip() for f in first_line.rstrip("\r\n").split("\t")]
     return CORUM_NAME_COLUMN in fields and CORUM_GENES_COLUMN in fields
 
@@ -148,11 +161,16 @@ def read_gene_sets(path: str | os.PathLike, *, organism: str | None = "Human") -
         When the file is missing, a folder, binary, malformed, or holds no gene set.
     """
     path = Path(path).expanduser()
-    text = read_text(path, "gene-set file")
-    first = next((line for line in text.splitlines() if line.strip()), "")
+    text = _read_text(path, "gene-set file")
+    first = _first_line(text)
     if not first:
         raise InputError(f"gene-set file {path} is empty")
-    if is_corum_header(first):
+    return _parse_gene_sets(text, first, path, organism)
+
+
+def _parse_gene_sets(text: str, first: str, path: Path, organism: str | None) -> dict[str, list[str]]:
+    """The sets with genes of a GMT or CORUM text (``first``: its first non-blank line)."""
+    if _is_corum_header(first):
         sets = _parse_corum(text, path, organism)
     else:
         sets = _parse_gmt(text, path)
@@ -194,6 +212,40 @@ def load_gene_sets(
         out[name] = read_gene_sets(path, organism=organism)
         logger.info(f"read {len(out[name])} gene sets from {path}")
     return out
+
+
+def read_groups(path: str | os.PathLike, *, organism: str | None = "Human") -> tuple[dict[str, list[str]], dict[str, str], str]:
+    """Read perturbation groups: a cluster table, a CORUM complex table or a GMT file.
+
+    A CORUM table (header with ``ComplexName`` and ``subunits(Gene name)``) gives one group
+    per complex of ``organism``, its subunit genes being the perturbations (a perturbation
+    is the gene it knocks down); a ``.gmt`` file one group per set (as
+    :func:`read_gene_sets`); anything else is read as a cluster table by
+    :func:`scperturb_vae.data.cluster_tables.read_cluster_table` (long or "members" layout).
+
+    Returns
+    -------
+    groups, descriptions, kind
+        Group -> perturbations; group -> description (cluster tables); ``"corum"``,
+        ``"gmt"`` or ``"clusters"``.
+    """
+    path = Path(path).expanduser()
+    text = _read_text(path, "groups file")
+    first = _first_line(text)
+    if not first:
+        raise InputError(f"groups file {path} is empty")
+    if _is_corum_header(first):
+        return _parse_gene_sets(text, first, path, organism), {}, "corum"
+    if path.suffix.lower() == ".gmt":
+        return _parse_gene_sets(text, first, path, organism), {}, "gmt"
+    table = read_cluster_table(path)
+    groups: dict[str, list[str]] = {}
+    descriptions: dict[str, str] = {}
+    for cluster, sub in table.groupby("cluster", sort=False):
+        groups[str(cluster)] = sub["perturbation"].astype(str).tolist()
+        desc = next((d for d in sub["description"].astype(str) if d and d != "nan"), "")
+        descriptions[str(cluster)] = desc
+    return groups, descriptions, "clusters"
 
 
 def case_map(names: Iterable[str]) -> dict[str, str]:
@@ -272,7 +324,7 @@ def _check_gmt_field(kind: str, value: Any) -> str:
 
 def write_gmt(
     gene_sets: Mapping[str, list[str]],
-    path,
+    path: str | os.PathLike,
     description: str | Mapping[str, str] = "scperturb-vae simulation",
 ) -> None:
     """Write gene sets as GMT (``name<TAB>description<TAB>gene1<TAB>...``), atomically.
@@ -297,38 +349,3 @@ def write_gmt(
 
     with atomic_path(path, overwrite=True) as tmp:
         tmp.write_text("".join(lines), encoding="utf-8")
-
-
-def read_groups(path: str | os.PathLike, *, organism: str | None = "Human") -> tuple[dict[str, list[str]], dict[str, str], str]:
-    """Read perturbation groups: a cluster table, a CORUM complex table or a GMT file.
-
-    A CORUM table (header with ``ComplexName`` and ``subunits(Gene name)``) gives one group
-    per complex, its subunit genes being the perturbations (a perturbation is the gene
-    it knocks down); a ``.gmt`` file one group per set; anything else is read as a cluster
-    table by :func:`scperturb_vae.tl.clusters.read_cluster_table` (long or "members" layout).
-
-    Returns
-    -------
-    groups, descriptions, kind
-        Group -> perturbations; group -> description (cluster tables); ``"corum"``,
-        ``"gmt"`` or ``"clusters"``.
-    """
-    path = Path(path).expanduser()
-    text = read_text(path, "groups file")
-    first = next((line for line in text.splitlines() if line.strip()), "")
-    if not first:
-        raise InputError(f"groups file {path} is empty")
-    if is_corum_header(first):
-        return read_gene_sets(path, organism=organism), {}, "corum"
-    if path.suffix.lower() == ".gmt":
-        return read_gene_sets(path), {}, "gmt"
-    from scperturb_vae.tl.clusters import read_cluster_table
-
-    table = read_cluster_table(path)
-    groups: dict[str, list[str]] = {}
-    descriptions: dict[str, str] = {}
-    for cluster, sub in table.groupby("cluster", sort=False):
-        groups[str(cluster)] = sub["perturbation"].astype(str).tolist()
-        desc = next((d for d in sub["description"].astype(str) if d and d != "nan"), "")
-        descriptions[str(cluster)] = desc
-    return groups, descriptions, "clusters"

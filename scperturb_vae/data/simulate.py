@@ -67,7 +67,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -485,10 +486,3 @@ def programs_to_gene_sets(adata) -> dict[str, list[str]]:
     gene_program = adata.var["program"].astype(str).to_numpy()
     genes = adata.var_names.astype(str).to_numpy()
     return {f"{name}{PROGRAM_SUFFIX}": genes[gene_program == name].tolist() for name in programs}
-
-
-# --------------------------------------------------------------------------- #
-# GMT files
-# --------------------------------------------------------------------------- #
-
-

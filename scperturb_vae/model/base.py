@@ -20,7 +20,8 @@ from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin, VAEMixin
 from scvi.utils import setup_anndata_dsp
 
-from scperturb_vae.data.validate import COMBINATION_SEP, split_combination, validate_perturbation_adata
+from scperturb_vae.data.labels import COMBINATION_SEP, split_combination
+from scperturb_vae.data.validate import validate_perturbation_adata
 from scperturb_vae.module.priors import Prior
 from scperturb_vae.module.vae import PerturbationVAEModule
 from scperturb_vae.train.plan import PerturbationTrainingPlan

@@ -29,8 +29,8 @@ import pandas as pd
 from scperturb_vae.errors import InputError
 from scperturb_vae.io import atomic_dir, atomic_path, check_output, write_json
 from scperturb_vae.model.registry import parse_models
-from scperturb_vae.tl.checks import check_settings
 from scperturb_vae.pipelines.score import format_value, nested_get, score_run, write_score
+from scperturb_vae.tl.checks import check_settings
 from scperturb_vae.tl.targets import aligned_graph
 
 logger = logging.getLogger("scperturb_vae")

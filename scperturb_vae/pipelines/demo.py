@@ -39,13 +39,13 @@ def run_demo(out: Path, *, quick: bool = False, max_epochs: int | None = None, s
 
     import pandas as pd
 
-    from scperturb_vae.pipelines.score import format_recovery
-    from scperturb_vae.pipelines.evaluate import EvaluateSettings, evaluate, format_table
-    from scperturb_vae.pipelines.interpret import interpret_run
-    from scperturb_vae.pipelines.train import TrainSettings, train_run
-    from scperturb_vae.tl.targets import program_match
     from scperturb_vae.data.genesets import write_gmt
     from scperturb_vae.data.simulate import programs_to_gene_sets, simulate_screen
+    from scperturb_vae.pipelines.evaluate import EvaluateSettings, evaluate, format_table
+    from scperturb_vae.pipelines.interpret import interpret_run
+    from scperturb_vae.pipelines.score import format_recovery
+    from scperturb_vae.pipelines.train import TrainSettings, train_run
+    from scperturb_vae.tl.targets import program_match
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -41,10 +41,10 @@ class _Truth:
 
 def _read_truth(path: str | Path) -> _Truth:
     """The ground truth of a simulated h5ad (the counts stay on disk)."""
-    from scperturb_vae.data.validate import _check_file, _short_reason
+    from scperturb_vae.data.reading import check_h5ad_file, short_reason
     from scperturb_vae.data.simulate import graph_from_adata
 
-    path = _check_file(path)
+    path = check_h5ad_file(path)
     import anndata
 
     try:
@@ -52,7 +52,7 @@ def _read_truth(path: str | Path) -> _Truth:
     except MemoryError:
         raise
     except Exception as error:
-        raise InputError(f"cannot read {path} as h5ad: {_short_reason(error)}") from error
+        raise InputError(f"cannot read {path} as h5ad: {short_reason(error)}") from error
     try:
         if "simulation" not in adata.uns or "z_true" not in adata.obsm:
             raise InputError(
@@ -92,7 +92,7 @@ class _Run:
 
 def _read_run(run_dir: str | Path) -> _Run:
     """The posterior means, the graph and run.json of a run folder."""
-    from scperturb_vae.data.validate import _short_reason
+    from scperturb_vae.data.reading import short_reason
     from scperturb_vae.model.runs import read_run_summary
 
     run_dir = Path(run_dir)
@@ -104,11 +104,11 @@ def _read_run(run_dir: str | Path) -> _Run:
     except MemoryError:
         raise
     except Exception as error:
-        raise InputError(f"cannot read {run_dir / 'latent.h5ad'}: {_short_reason(error)}") from error
+        raise InputError(f"cannot read {run_dir / 'latent.h5ad'}: {short_reason(error)}") from error
     try:
         graph = pd.read_csv(run_dir / "intervention_graph.csv", index_col=0)
     except Exception as error:
-        raise InputError(f"cannot read {run_dir / 'intervention_graph.csv'}: {_short_reason(error)}") from error
+        raise InputError(f"cannot read {run_dir / 'intervention_graph.csv'}: {short_reason(error)}") from error
     graph.index = graph.index.astype(str)
     graph.columns = graph.columns.astype(str)
     names = [str(v) for v in latent.var_names]

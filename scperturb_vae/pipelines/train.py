@@ -143,8 +143,8 @@ def _recovery(adata, latent: np.ndarray, graph: pd.DataFrame) -> dict[str, Any] 
     """Recovery of a simulation's truth (MCC, graph F1) when the input carries it."""
     if "simulation" not in adata.uns or "z_true" not in adata.obsm:
         return None
-    from scperturb_vae.tl.metrics import recovery_summary
     from scperturb_vae.data.simulate import graph_from_adata
+    from scperturb_vae.tl.metrics import recovery_summary
 
     return recovery_summary(np.asarray(adata.obsm["z_true"]), latent, graph_from_adata(adata), graph)
 

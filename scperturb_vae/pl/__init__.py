@@ -1,5 +1,35 @@
-"""Plots in scanpy's style: every figure of the package is drawn here."""
+"""Plots in scanpy's style: every figure of the package is drawn here.
 
-from scperturb_vae.pl.api import enrichment, fewshot, graph, heldout_nll, latents, latents_by_perturbation, traversal
+Every notebook function returns the :class:`matplotlib.figure.Figure` it drew, draws into
+the axes given as ``ax=`` (one :class:`~matplotlib.axes.Axes`, or a sequence of them for the
+functions that draw several panels), and with ``save="path.png"`` also writes the figure
+(the format from the suffix; written atomically, replacing an existing file).
+
+Without ``ax``, the figure is a :class:`matplotlib.figure.Figure` made without pyplot: it
+is not registered with the pyplot state machine, so scripts open no window and keep no
+figure alive, and a notebook shows it once, as the value of the cell (or with
+``display(fig)``).
+
+- :func:`graph`: the intervention graph (perturbations x latents), beside the
+  simulation's true graph with ``truth=True``;
+- :func:`latents`: an embedding (e.g. UMAP) coloured by each latent, one panel per latent;
+- :func:`latents_by_perturbation`: the mean of each latent per perturbation;
+- :func:`traversal`: decoded expression of top genes as a latent moves;
+- :func:`enrichment`: gene-set enrichment dot plot;
+- :func:`heldout_nll` and :func:`fewshot`: the held-out likelihood of
+  :func:`scperturb_vae.tl.heldout_nll`.
+
+The modules: :mod:`.base` (shared helpers: figures, given axes, saving, heatmaps),
+:mod:`.graph`, :mod:`.latents`, :mod:`.traversal`, :mod:`.enrichment`, :mod:`.heldout`, and
+the figures of the commands: :mod:`.training` (``scvae train``), :mod:`.interpret`
+(``scvae interpret``), :mod:`.benchmark` (``scvae benchmark``); ``scvae evaluate`` draws
+with :mod:`.heldout`.  The pipelines write every PNG with :func:`scperturb_vae.pl.base.save`.
+"""
+
+from scperturb_vae.pl.enrichment import enrichment
+from scperturb_vae.pl.graph import graph
+from scperturb_vae.pl.heldout import fewshot, heldout_nll
+from scperturb_vae.pl.latents import latents, latents_by_perturbation
+from scperturb_vae.pl.traversal import traversal
 
 __all__ = ["enrichment", "fewshot", "graph", "heldout_nll", "latents", "latents_by_perturbation", "traversal"]

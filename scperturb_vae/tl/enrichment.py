@@ -3,26 +3,29 @@
 Two questions name a latent of an identifiable model:
 
 - *which genes does it move?*  Its decoder effects (one score per gene, see
-  :func:`scperturb_vae.pipelines.interpret.gene_effects`) are tested for enrichment of known gene
+  :func:`scperturb_vae.model.interpretability.gene_effects`) are tested for enrichment of known gene
   sets (Hallmark, GO, KEGG, CORUM complexes, ...) by :func:`enrich_latents`;
 - *which perturbations move it?*  Its targets in the learned intervention graph are
   tested for enrichment of groups of perturbations (clusters, protein complexes) by
   :func:`perturbation_set_enrichment`.
 
-The statistics are written here (numpy and ``scipy.special`` only) and checked against
-``scipy.stats`` in the tests:
+The statistics are scipy's:
 
-:func:`hypergeom_sf`
-    Over-representation (ORA): ``P(X >= k)`` for ``X ~ Hypergeometric(M, n, N)``, the
-    number of set members among ``N`` genes drawn without replacement from a universe of
-    ``M`` genes of which ``n`` are in the set; a sum of probabilities computed from
-    log-binomial coefficients (``log C(a, b)`` by log-gamma), added in log space.
-:func:`benjamini_hochberg`
-    The Benjamini-Hochberg false discovery rate (step-up adjusted p-values).
-:func:`rank_sum_test`
-    The Mann-Whitney / Wilcoxon rank-sum test of the set members' scores against the
-    other genes' scores, one-sided, with the tie-corrected variance and the normal
-    approximation (optionally with a continuity correction of 1/2).
+Over-representation (ORA)
+    ``scipy.stats.hypergeom.sf(k - 1, M, n, N)``: ``P(X >= k)`` for
+    ``X ~ Hypergeometric(M, n, N)``, the number of set members among ``N`` genes drawn
+    without replacement from a universe of ``M`` genes of which ``n`` are in the set.
+Rank-sum
+    The one-sided Mann-Whitney / Wilcoxon rank-sum test of the set members' scores against
+    the other genes' scores, with the tie-corrected variance and the normal approximation
+    (optionally with a continuity correction of 1/2), as
+    ``scipy.stats.mannwhitneyu(members, others, method="asymptotic")``.  It is computed
+    here for all sets of a source at once (:func:`_rank_sum_from_ranks`) from the genes'
+    ranks (``scipy.stats.rankdata``) and tie correction (``scipy.stats.tiecorrect``),
+    which a per-set ``mannwhitneyu`` call would recompute for every set.
+False discovery rate
+    Benjamini-Hochberg, ``scipy.stats.false_discovery_control(p, method="bh")`` (NaN
+    p-values stay NaN and do not count in the number of tests).
 
 Gene names are matched case-insensitively throughout (``Ccnc`` matches ``CCNC``).
 
@@ -38,7 +41,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from scipy.special import gammaln, ndtr
+from scipy import stats
+from scipy.special import ndtr
 
 from scperturb_vae.data.genesets import case_map, restrict_gene_sets
 from scperturb_vae.errors import InputError
@@ -48,12 +52,8 @@ __all__ = [
     "ENRICHMENT_COLUMNS",
     "PERTURBATION_ENRICHMENT_COLUMNS",
     "TESTS",
-    "benjamini_hochberg",
     "enrich_latents",
-    "hypergeom_sf",
-    "log_binomial",
     "perturbation_set_enrichment",
-    "rank_sum_test",
 ]
 
 logger = logging.getLogger("scperturb_vae")
@@ -82,125 +82,55 @@ PERTURBATION_ENRICHMENT_COLUMNS = (
 MAX_LEADING_GENES = 20
 
 
-# --------------------------------------------------------------------------- reading sets
-
-
 # --------------------------------------------------------------------------- statistics
-def log_binomial(n, k) -> np.ndarray:
-    """``log C(n, k)`` by log-gamma (``-inf`` where ``k < 0`` or ``k > n``)."""
-    n = np.asarray(n, dtype=np.float64)
-    k = np.asarray(k, dtype=np.float64)
-    valid = (k >= 0) & (k <= n)
-    kk = np.where(valid, k, 0.0)
-    nn = np.where(valid, n, 0.0)
-    value = gammaln(nn + 1.0) - gammaln(kk + 1.0) - gammaln(nn - kk + 1.0)
-    return np.where(valid, value, -np.inf)
+def _hypergeom_pvalues(k, M, n, N) -> np.ndarray:
+    """``P(X >= k)`` for ``X ~ Hypergeometric(M, n, N)`` (arrays broadcast; scipy's ``sf`` is ``P(X > k)``)."""
+    return stats.hypergeom.sf(np.asarray(k) - 1, M, n, N)
 
 
-def hypergeom_sf(k, M, n, N) -> np.ndarray:
-    """Upper tail ``P(X >= k)`` of the hypergeometric distribution (arrays broadcast).
-
-    ``X`` is the number of marked items among ``N`` drawn without replacement from ``M``
-    items of which ``n`` are marked (scipy's ``hypergeom.sf(k - 1, M, n, N)``).  The
-    tail is ``sum_{j=k}^{min(n, N)} C(n, j) C(M - n, N - j) / C(M, N)``, each term from
-    :func:`log_binomial` and the sum taken in log space (log-sum-exp), so it stays
-    accurate down to ~1e-300.
-
-    Parameters
-    ----------
-    k
-        Observed overlaps (``k <= 0`` gives 1).
-    M, n, N
-        Population size, marked items, draws (integers, ``0 <= n, N <= M``).
-
-    Returns
-    -------
-    numpy.ndarray
-        The p-values, in [0, 1], with the broadcast shape of the inputs.
-    """
-    k, M, n, N = np.broadcast_arrays(*(np.asarray(a, dtype=np.int64) for a in (k, M, n, N)))
-    shape = k.shape
-    k, M, n, N = (a.ravel() for a in (k, M, n, N))
-    if np.any((n < 0) | (N < 0) | (n > M) | (N > M)):
-        raise ValueError("hypergeom_sf needs 0 <= n <= M and 0 <= N <= M")
-    out = np.zeros(k.shape, dtype=np.float64)
-    upper = np.minimum(n, N)
-    lower = np.maximum(k, np.maximum(0, N - (M - n)))  # terms below N-(M-n) are 0
-    out[k <= np.maximum(0, N - (M - n))] = 1.0
-    todo = np.flatnonzero((out == 0.0) & (lower <= upper))
-    log_total = log_binomial(M, N)
-    chunk = 4096
-    for start in range(0, todo.size, chunk):
-        idx = todo[start:start + chunk]
-        span = int((upper[idx] - lower[idx]).max()) + 1
-        j = lower[idx, None] + np.arange(span)[None, :]
-        valid = j <= upper[idx, None]
-        terms = (log_binomial(n[idx, None], j) + log_binomial(M[idx, None] - n[idx, None], N[idx, None] - j)
-                 - log_total[idx, None])
-        terms = np.where(valid, terms, -np.inf)
-        top = terms.max(axis=1)
-        log_sf = top + np.log(np.exp(terms - top[:, None]).sum(axis=1))
-        out[idx] = np.exp(log_sf)
-    return np.clip(out, 0.0, 1.0).reshape(shape)
-
-
-def benjamini_hochberg(pvalues) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (the false discovery rate of each test).
-
-    With the ``m`` finite p-values sorted ascending, ``p_(1) <= ... <= p_(m)``, the
-    adjusted value of ``p_(i)`` is ``min_{j >= i} min(1, p_(j) m / j)``: monotone in the
-    p-value, never below it.  NaN p-values stay NaN and do not count in ``m``.
-
-    Parameters
-    ----------
-    pvalues
-        Array-like of p-values in [0, 1].
-
-    Returns
-    -------
-    numpy.ndarray
-        The adjusted values, in the input's order and shape.
-    """
+def _fdr(pvalues) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (scipy); NaN p-values stay NaN and do not count."""
     p = np.asarray(pvalues, dtype=np.float64)
-    flat = p.ravel()
-    out = np.full(flat.shape, np.nan)
-    finite = np.flatnonzero(~np.isnan(flat))
-    m = finite.size
-    if m == 0:
-        return out.reshape(p.shape)
-    order = finite[np.argsort(flat[finite], kind="mergesort")]
-    scaled = flat[order] * m / np.arange(1, m + 1)
-    adjusted = np.minimum.accumulate(scaled[::-1])[::-1]
-    out[order] = np.clip(adjusted, 0.0, 1.0)
-    return out.reshape(p.shape)
+    out = np.full(p.shape, np.nan)
+    tested = ~np.isnan(p)
+    if tested.any():
+        out[tested] = stats.false_discovery_control(p[tested], method="bh")
+    return out
 
 
-def _average_ranks(values: np.ndarray) -> tuple[np.ndarray, float]:
-    """Ranks 1..n of ``values`` (ties get their average rank) and ``sum(t^3 - t)`` over tie groups."""
-    values = np.asarray(values, dtype=np.float64)
-    n = values.size
-    order = np.argsort(values, kind="mergesort")
-    sorted_values = values[order]
-    # start of each run of equal values
-    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
-    ends = np.r_[starts[1:], n]  # exclusive
-    counts = ends - starts
-    mean_rank = (starts + 1 + ends) / 2.0  # average of ranks starts+1 .. ends
-    ranks = np.empty(n, dtype=np.float64)
-    ranks[order] = np.repeat(mean_rank, counts)
-    tie_term = float(np.sum(counts.astype(np.float64) ** 3 - counts))
-    return ranks, tie_term
+def _ranks(values: np.ndarray) -> tuple[np.ndarray, float]:
+    """Average ranks of ``values`` (ties share their mean rank) and their tie correction factor."""
+    ranks = stats.rankdata(values)
+    return ranks, float(stats.tiecorrect(ranks))
 
 
-def _rank_sum_from_ranks(rank_sums, n1, n_total: int, tie_term: float, alternative: str, continuity: bool):
-    """AUC and one-sided p-values from members' rank sums (arrays over sets)."""
+def _rank_sum_from_ranks(rank_sums, n1, n_total: int, tie_correction: float, alternative: str, continuity: bool):
+    """AUC and one-sided rank-sum p-values of many sets at once, from the members' rank sums.
+
+    The Mann-Whitney test of ``scipy.stats.mannwhitneyu(members, others,
+    alternative=alternative, method="asymptotic", use_continuity=continuity)``, for arrays
+    of sets: ``rank_sums`` and ``n1`` hold each set's sum of ranks and size, the ranks being
+    those of all ``n_total`` scores (:func:`_ranks`).  ``U1 = R1 - n1 (n1 + 1) / 2``; the
+    tested statistic is ``U = U1`` for ``"greater"`` and ``U = n1 n2 - U1`` for ``"less"``;
+    under the null it has mean ``n1 n2 / 2`` and variance
+    ``n1 n2 (n + 1) / 12 * tie_correction``, and the p-value is the normal upper tail of
+    ``(U - n1 n2 / 2 - c) / sd`` with ``c = 1/2`` when ``continuity``.
+
+    Returns
+    -------
+    auc, pvalue
+        ``auc = U / (n1 n2)``: the probability that a random member's score exceeds a
+        random other gene's (``"greater"``) or falls below it (``"less"``), ties counting
+        one half; 0.5 is no difference.  Both NaN for an empty side or when all scores are
+        equal.
+    """
     rank_sums = np.asarray(rank_sums, dtype=np.float64)
     n1 = np.asarray(n1, dtype=np.float64)
     n2 = n_total - n1
     u1 = rank_sums - n1 * (n1 + 1) / 2.0
     u = u1 if alternative == "greater" else n1 * n2 - u1
     mean = n1 * n2 / 2.0
-    var = n1 * n2 / 12.0 * ((n_total + 1) - tie_term / (n_total * (n_total - 1.0)))
+    var = n1 * n2 * (n_total + 1) / 12.0 * tie_correction
     with np.errstate(divide="ignore", invalid="ignore"):
         z = (u - mean - (0.5 if continuity else 0.0)) / np.sqrt(var)
         auc = u / (n1 * n2)
@@ -209,38 +139,6 @@ def _rank_sum_from_ranks(rank_sums, n1, n_total: int, tie_term: float, alternati
     p = np.where(undefined, np.nan, p)
     auc = np.where(undefined, np.nan, auc)
     return auc, np.clip(p, 0.0, 1.0)
-
-
-def rank_sum_test(x, y, *, alternative: str = "greater", continuity: bool = True) -> tuple[float, float]:
-    """One-sided Mann-Whitney / Wilcoxon rank-sum test of ``x`` against ``y``.
-
-    All ``n1 + n2`` values are ranked together (ties get their average rank);
-    ``U1 = R1 - n1 (n1 + 1) / 2`` with ``R1`` the sum of the ranks of ``x``.  For
-    ``alternative="greater"`` (``x`` tends to be larger) the tested statistic is
-    ``U = U1``; for ``"less"`` it is ``U = n1 n2 - U1``.  Under the null ``U`` has mean
-    ``n1 n2 / 2`` and the tie-corrected variance
-    ``n1 n2 / 12 * ((n + 1) - sum_t (t^3 - t) / (n (n - 1)))`` (``t`` the sizes of the
-    groups of tied values); the p-value is the normal upper tail of
-    ``(U - n1 n2 / 2 - c) / sd`` with ``c = 1/2`` when ``continuity`` (as
-    ``scipy.stats.mannwhitneyu(x, y, alternative=..., method="asymptotic",
-    use_continuity=continuity)``).
-
-    Returns
-    -------
-    auc, pvalue
-        ``auc = U / (n1 n2)``: the probability that a random ``x`` exceeds a random ``y``
-        (``"greater"``) or falls below it (``"less"``), ties counting one half; 0.5 is no
-        difference.  NaN for an empty side or when all values are equal.
-    """
-    if alternative not in ("greater", "less"):
-        raise ValueError(f"alternative must be 'greater' or 'less', not {alternative!r}")
-    x = np.asarray(x, dtype=np.float64).ravel()
-    y = np.asarray(y, dtype=np.float64).ravel()
-    if x.size == 0 or y.size == 0:
-        return float("nan"), float("nan")
-    ranks, tie_term = _average_ranks(np.concatenate([x, y]))
-    auc, p = _rank_sum_from_ranks(ranks[: x.size].sum(), x.size, x.size + y.size, tie_term, alternative, continuity)
-    return float(auc), float(p)
 
 
 # --------------------------------------------------------------------------- latents
@@ -286,27 +184,29 @@ def enrich_latents(
         The latent's ``top_n`` universe genes with the largest positive effects (``up``),
         the most negative ones (``down``) or the largest absolute ones (``any``) are the
         drawn genes (fewer when fewer genes have a nonzero effect of that sign; none for a
-        latent without effect, whose p-values are then 1); ``pvalue`` is the hypergeometric upper tail ``P(X >= overlap)``
-        (:func:`hypergeom_sf` with ``M`` = universe size, ``n`` = ``set_size``, ``N`` =
-        the number drawn); ``statistic`` is the fold enrichment
-        ``(overlap / N) / (set_size / M)`` (0 when ``N = 0``); ``genes`` lists the
-        overlapping genes, strongest effect first.
+        latent without effect, whose p-values are then 1); ``pvalue`` is the
+        hypergeometric upper tail ``P(X >= overlap)`` with ``M`` = universe size, ``n`` =
+        ``set_size``, ``N`` = the number drawn
+        (``scipy.stats.hypergeom.sf(overlap - 1, M, n, N)``); ``statistic`` is the fold
+        enrichment ``(overlap / N) / (set_size / M)`` (0 when ``N = 0``); ``genes`` lists
+        the overlapping genes, strongest effect first.
     ``rank`` (rank-sum over all universe genes)
-        The one-sided Mann-Whitney test (:func:`rank_sum_test`) of the members' effects
-        against the other universe genes' effects: ``greater`` for ``up``, ``less`` for
-        ``down``, ``greater`` on the absolute effects for ``any``.  ``statistic`` is the AUC ``U / (n1 n2)`` in the tested direction (0.5:
-        no shift; 1: every member's effect beyond every other gene's); ``genes`` lists the
-        members whose effect has the tested sign (any nonzero one for ``any``), strongest
-        first (at most
-        :data:`MAX_LEADING_GENES`).  ``overlap`` is, for both tests, the number of
-        members among the latent's drawn genes in that direction.
+        The one-sided Mann-Whitney test (``scipy.stats.mannwhitneyu``, asymptotic, with
+        ``use_continuity=continuity``) of the members' effects against the other universe
+        genes' effects: ``greater`` for ``up``, ``less`` for ``down``, ``greater`` on the
+        absolute effects for ``any``.  ``statistic`` is the AUC ``U / (n1 n2)`` in the
+        tested direction (0.5: no shift; 1: every member's effect beyond every other
+        gene's); ``genes`` lists the members whose effect has the tested sign (any nonzero
+        one for ``any``), strongest first (at most :data:`MAX_LEADING_GENES`).
+        ``overlap`` is, for both tests, the number of members among the latent's drawn
+        genes in that direction.
     ``mean_effect``
         The mean effect of the set's (universe) genes: signed for ``up`` and ``down``,
         the mean absolute effect for ``any``.
 
-    The false discovery rate (Benjamini-Hochberg, :func:`benjamini_hochberg`) is computed
-    within each family ``(latent, source, test)``: all directions and all sets of one
-    source, for one latent and one test.
+    The false discovery rate (Benjamini-Hochberg, ``scipy.stats.false_discovery_control``;
+    NaN p-values are left out) is computed within each family ``(latent, source, test)``:
+    all directions and all sets of one source, for one latent and one test.
 
     Why ``any``: a gene set often holds genes a latent moves in both directions (a
     pathway's activators and repressors; the ``programs`` simulation's programs have
@@ -320,7 +220,7 @@ def enrich_latents(
     effects
         Latents x genes scores (rows: latent names; columns: gene names).
     gene_sets
-        Source -> (set name -> genes), as :func:`load_gene_sets` returns.
+        Source -> (set name -> genes), as :func:`scperturb_vae.data.genesets.load_gene_sets` returns.
     top_n
         Genes per latent and direction for the over-representation test (at most the
         universe size).
@@ -417,7 +317,7 @@ def _enrich_source(values_all, genes, latents, source, universe, sets, top_n, te
     records: list[dict[str, Any]] = []
     for li, latent in enumerate(latents):
         scores = values_all[li, cols]
-        ranks_up, tie_term = _average_ranks(scores)
+        ranks_up, tie_up = _ranks(scores)
         rank_sums_up = S @ ranks_up
         for direction in directions:
             signed = {"up": scores, "down": -scores, "any": np.abs(scores)}[direction]
@@ -428,7 +328,7 @@ def _enrich_source(values_all, genes, latents, source, universe, sets, top_n, te
             overlap = np.rint(S @ in_top).astype(np.int64)
             mean_effect = (S @ (np.abs(scores) if direction == "any" else scores)) / sizes
             if "ora" in tests:
-                p = hypergeom_sf(overlap, M, sizes, n_draw)
+                p = _hypergeom_pvalues(overlap, M, sizes, n_draw)
                 fold = (overlap / n_draw) / (sizes / M) if n_draw else np.zeros(len(sizes))
                 for r, name in enumerate(set_names):
                     members = member_lists[r]
@@ -442,11 +342,11 @@ def _enrich_source(values_all, genes, latents, source, universe, sets, top_n, te
                     })
             if "rank" in tests:
                 if direction == "any":
-                    ranks_abs, tie_abs = _average_ranks(signed)
+                    ranks_abs, tie_abs = _ranks(signed)
                     auc, p = _rank_sum_from_ranks(S @ ranks_abs, sizes, M, tie_abs, "greater", continuity)
                 else:
                     alternative = "greater" if direction == "up" else "less"
-                    auc, p = _rank_sum_from_ranks(rank_sums_up, sizes, M, tie_term, alternative, continuity)
+                    auc, p = _rank_sum_from_ranks(rank_sums_up, sizes, M, tie_up, alternative, continuity)
                 for r, name in enumerate(set_names):
                     members = member_lists[r]
                     lead = members[signed[members] > 0]
@@ -460,7 +360,7 @@ def _enrich_source(values_all, genes, latents, source, universe, sets, top_n, te
     table = pd.DataFrame.from_records(records, columns=[c for c in ENRICHMENT_COLUMNS if c != "fdr"])
     table["fdr"] = np.nan
     for index in table.groupby(["latent", "test"], sort=False).groups.values():
-        table.loc[index, "fdr"] = benjamini_hochberg(table.loc[index, "pvalue"].to_numpy())
+        table.loc[index, "fdr"] = _fdr(table.loc[index, "pvalue"].to_numpy())
     return table[list(ENRICHMENT_COLUMNS)]
 
 
@@ -488,7 +388,7 @@ def perturbation_set_enrichment(
     ----------
     targets
         Latent -> its targeting perturbations (e.g. from
-        :func:`scperturb_vae.pipelines.interpret.perturbation_targets`).
+        :func:`scperturb_vae.tl.targets.perturbation_targets`).
     groups
         Group -> member perturbations.
     universe
@@ -535,8 +435,8 @@ def perturbation_set_enrichment(
         n_targets = len(hits)
         overlaps = [[m for m in restricted[g] if m in hits] for g in names]
         k = np.array([len(o) for o in overlaps])
-        p = hypergeom_sf(k, M, sizes, n_targets)
-        fdr = benjamini_hochberg(p)
+        p = _hypergeom_pvalues(k, M, sizes, n_targets)
+        fdr = _fdr(p)
         for i, g in enumerate(names):
             records.append({
                 "latent": str(latent), "group": g, "description": str(descriptions.get(g, "")),

@@ -272,7 +272,13 @@ def evaluate_model(name: str, model, data, spec, split: pd.Series, settings: Sco
     (a seeded random order); ``heldin``: validation cells of the training perturbations.
     Importance-sampled NLL per cell, ``settings.n_importance`` samples.
     """
-    from scperturb_vae.tl.heldout import adapt_prior, extended_module, heldout_cells, heldout_log_likelihood, mean_and_stderr
+    from scperturb_vae.tl.heldout import (
+        adapt_prior,
+        extended_module,
+        heldout_cells,
+        heldout_log_likelihood,
+        mean_and_stderr,
+    )
 
     labels = data.adata.obs[data.perturbation_key].astype(str).to_numpy()
     parts = split.reindex(data.adata.obs_names).to_numpy()

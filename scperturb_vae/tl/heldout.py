@@ -40,7 +40,8 @@ import pandas as pd
 import torch
 from scvi import REGISTRY_KEYS
 
-from scperturb_vae.data.validate import COMBINATION_SEP, PerturbationData, split_combination
+from scperturb_vae.data.labels import COMBINATION_SEP, split_combination
+from scperturb_vae.data.validate import PerturbationData
 from scperturb_vae.errors import InputError
 from scperturb_vae.module.priors import ConditionalGaussianPrior, Prior, SparseShiftPrior, StandardNormalPrior
 
@@ -100,7 +101,7 @@ def resolve_holdout(
     """Resolve ``--holdout CLUSTER`` or ``--holdout-perturbations A,B`` into perturbations.
 
     A cluster name refers to the user's cluster table (``clusters``, read with
-    :func:`scperturb_vae.tl.clusters.read_cluster_table`) or, without one, to the clusters computed
+    :func:`scperturb_vae.data.cluster_tables.read_cluster_table`) or, without one, to the clusters computed
     from the data (:func:`scperturb_vae.tl.clusters.compute_perturbation_clusters` with
     ``n_clusters`` and ``n_genes``; deterministic, so ``train`` and ``evaluate`` agree).
     """
@@ -120,23 +121,24 @@ def resolve_holdout(
             )
         spec = HoldoutSpec(sorted(set(names)), "custom", "list")
     else:
-        from scperturb_vae.tl import clusters as _clusters
+        from scperturb_vae.data.cluster_tables import cluster_members, natural_key, read_cluster_table
+        from scperturb_vae.tl.clusters import compute_perturbation_clusters
 
         if clusters is not None:
             # read whole: a cluster none of whose members is in the data is named as such,
             # not reported as unknown
-            table = _clusters.read_cluster_table(clusters)
+            table = read_cluster_table(clusters)
             source = str(clusters)
         else:
-            table = _clusters.compute_perturbation_clusters(
+            table = compute_perturbation_clusters(
                 data.adata, data.perturbation_key, data.control_label,
                 n_clusters=n_clusters, n_genes=n_genes, layer=data.layer,
             )
             source = "computed"
-        members = _clusters.cluster_members(table)
+        members = cluster_members(table)
         holdout = str(holdout)
         if holdout not in members:
-            available = ", ".join(sorted(members, key=_clusters._natural_key)[:12])
+            available = ", ".join(sorted(members, key=natural_key)[:12])
             where = f"the clusters of {clusters}" if clusters is not None else f"the {len(members)} computed clusters"
             raise InputError(f"unknown cluster {holdout!r}; {where} are named {available}")
         chosen = sorted(set(members[holdout]) & known)
@@ -231,7 +233,7 @@ class HeldoutCells:
     def __len__(self) -> int:
         return len(self.obs_names)
 
-    def subset(self, rows: np.ndarray) -> "HeldoutCells":
+    def subset(self, rows: np.ndarray) -> HeldoutCells:
         rows = np.asarray(rows)
         return HeldoutCells(
             self.obs_names[rows], self.labels[rows], self.X[rows], self.pert_idx[rows],

@@ -36,7 +36,7 @@ def gene_effects(
 ):
     """The change of each gene's decoded log expression per standard deviation of each latent.
 
-    :func:`scperturb_vae.pipelines.interpret.gene_effects` (see there for the definition) over a
+    :func:`scperturb_vae.model.interpretability.gene_effects` (see there for the definition) over a
     seeded sample of ``n_cells`` cells of ``adata``.
 
     Parameters
@@ -56,7 +56,7 @@ def gene_effects(
     Returns
     -------
     pandas.DataFrame, or (adata copy, DataFrame) with ``copy=True``
-        Latents x genes, as :func:`scperturb_vae.pipelines.interpret.gene_effects` (the transpose of
+        Latents x genes, as :func:`scperturb_vae.model.interpretability.gene_effects` (the transpose of
         the ``varm`` entry; ``attrs["latent_sd"]`` and ``attrs["n_cells"]``), ready for
         :func:`scperturb_vae.tl.enrichment.enrich_latents`.
 
@@ -148,7 +148,7 @@ def enrich(
     adata
         An AnnData with gene effects.
     gene_sets
-        A GMT file or CORUM table (:func:`scperturb_vae.tl.enrichment.read_gene_sets`), a list
+        A GMT file or CORUM table (:func:`scperturb_vae.data.genesets.read_gene_sets`), a list
         of them (each file a source named by its stem), a dict ``{set name: genes}`` (one
         source, ``"gene_sets"``), or a dict ``{source: {set name: genes}}``.
     key
@@ -220,8 +220,8 @@ def recovery(adata, *, key: str | None = None, truth_key: str = "z_true") -> dic
     InputError
         Without a simulation's truth, or without a fitted model.
     """
-    from scperturb_vae.tl.metrics import recovery_summary
     from scperturb_vae.data.simulate import graph_from_adata
+    from scperturb_vae.tl.metrics import recovery_summary
 
     check_adata(adata)
     key = resolve_key(adata, key, "tl.recovery")

@@ -50,6 +50,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 from scipy.optimize import linear_sum_assignment
+from scipy.special import logsumexp
 
 __all__ = [
     "MCCResult",
@@ -260,44 +261,63 @@ def mutual_information_gap(true, learned, n_bins: int = 20) -> MIGResult:
 
 
 # --------------------------------------------------------------------------- graph
+def _binary_scores(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    """Labels as booleans (nonzero: positive) and scores as floats, both flat."""
+    return np.asarray(labels).astype(bool).ravel(), np.asarray(scores, float).ravel()
+
+
+def _threshold_keys(scores: np.ndarray) -> np.ndarray:
+    """Finite keys for scores with NaN or infinite values (scikit-learn refuses them).
+
+    With the scores sorted in decreasing order (NaN last, stable), a new threshold starts
+    wherever the difference to the previous score is nonzero, so each NaN and each
+    infinite score is a threshold of its own; the keys, one per score, rank the
+    thresholds in that order.
+    """
+    order = np.argsort(-scores, kind="mergesort")
+    with np.errstate(invalid="ignore"):
+        starts = np.r_[True, np.diff(scores[order]) != 0]
+    keys = np.empty(scores.size)
+    keys[order] = -np.cumsum(starts)
+    return keys
+
+
 def roc_auc(labels, scores) -> float:
     """Area under the ROC curve of ``scores`` for the 0/1 ``labels`` (NaN without both classes).
 
-    Computed as the Mann-Whitney statistic: the probability that a random positive scores
-    higher than a random negative, ties counting one half (average ranks), which equals the
-    trapezoidal area under the ROC curve.
+    ``sklearn.metrics.roc_auc_score``: the trapezoidal area under the ROC curve, which
+    equals the probability that a random positive scores higher than a random negative,
+    ties counting one half.  NaN (where scikit-learn warns or raises) when the labels
+    hold one class only or a score is NaN; infinite scores are ranked with the others.
     """
-    labels = np.asarray(labels).astype(bool).ravel()
-    scores = np.asarray(scores, float).ravel()
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if n_pos == 0 or n_neg == 0:
+    from sklearn.metrics import roc_auc_score
+
+    labels, scores = _binary_scores(labels, scores)
+    if labels.all() or not labels.any() or np.isnan(scores).any():
         return float("nan")
-    ranks = stats.rankdata(scores)  # average ranks of ties
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    if not np.isfinite(scores).all():
+        scores = stats.rankdata(scores)  # the same ranking, in numbers scikit-learn accepts
+    return float(roc_auc_score(labels, scores))
 
 
 def average_precision(labels, scores) -> float:
     """Average precision of ``scores`` for the 0/1 ``labels`` (NaN without positives).
 
-    ``AP = sum_t (R_t - R_{t-1}) P_t`` over the distinct score thresholds ``t`` in
-    decreasing order, with ``P_t`` and ``R_t`` the precision and recall of
-    ``scores >= t``: the step-wise area under the precision-recall curve, without
-    interpolation (the definition of ``sklearn.metrics.average_precision_score``).
+    ``sklearn.metrics.average_precision_score``: ``AP = sum_t (R_t - R_{t-1}) P_t`` over
+    the distinct score thresholds ``t`` in decreasing order, with ``P_t`` and ``R_t`` the
+    precision and recall of ``scores >= t``: the step-wise area under the
+    precision-recall curve, without interpolation.  NaN (where scikit-learn returns 0)
+    without a positive label.  NaN scores count as below every other score; each NaN and
+    each infinite score is a threshold of its own (:func:`_threshold_keys`).
     """
-    labels = np.asarray(labels).astype(bool).ravel()
-    scores = np.asarray(scores, float).ravel()
-    n_pos = int(labels.sum())
-    if n_pos == 0:
+    from sklearn.metrics import average_precision_score
+
+    labels, scores = _binary_scores(labels, scores)
+    if not labels.any():
         return float("nan")
-    order = np.argsort(-scores, kind="mergesort")
-    s, y = scores[order], labels[order]
-    # last index of each run of equal scores: the thresholds
-    ends = np.r_[np.flatnonzero(np.diff(s) != 0), len(s) - 1]
-    tp = np.cumsum(y)[ends]
-    predicted = ends + 1
-    precision = tp / predicted
-    recall = tp / n_pos
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    if not np.isfinite(scores).all():
+        scores = _threshold_keys(scores)
+    return float(average_precision_score(labels, scores))
 
 
 def _matched_graph(true_graph: pd.DataFrame, learned_graph: pd.DataFrame, assignment):
@@ -422,14 +442,6 @@ def active_units(qz_mean, threshold: float = 0.01) -> ActiveUnits:
     return ActiveUnits(int(mask.sum()), mask, variance, float(threshold))
 
 
-def _logsumexp_rows(a: np.ndarray) -> np.ndarray:
-    """``log(sum(exp(a), axis=1))``, stable (modifies ``a``)."""
-    top = a.max(axis=1)
-    a -= top[:, None]
-    np.exp(a, out=a)
-    return np.log(a.sum(axis=1)) + top
-
-
 def mutual_information(
     qz_mean,
     qz_var,
@@ -451,8 +463,9 @@ def mutual_information(
     as ``log q(z)`` (same expectation as the closed-form entropy, but the sampling noise of
     the two terms cancels: the estimate is exactly 0 when every cell has the same
     posterior).  ``q(z)`` is computed in blocks of ``sample_chunk`` samples x
-    ``cell_chunk`` cells, so memory stays bounded (about 16 MB by default) for any number
-    of cells; time grows as ``N^2 * n_samples``.  The estimate lies in ``[0, log N]`` up
+    ``cell_chunk`` cells (``scipy.special.logsumexp`` over each block, then over the
+    blocks), so memory stays bounded (a 16 MB block and logsumexp's temporaries, about
+    100 MB by default) for any number of cells; time grows as ``N^2 * n_samples``.  The estimate lies in ``[0, log N]`` up
     to sampling noise: ``log N`` when the posteriors are point masses at distinct places.
 
     Parameters
@@ -492,8 +505,8 @@ def mutual_information(
             log_density -= 2.0 * zs @ mu_over_var[sl].T
             log_density += const[sl]
             log_density *= -0.5
-            blocks.append(_logsumexp_rows(log_density))
-        log_qz = _logsumexp_rows(np.stack(blocks, 1)) - math.log(n)
+            blocks.append(logsumexp(log_density, axis=1))
+        log_qz = logsumexp(np.stack(blocks, 1), axis=1) - math.log(n)
         total += float((log_qzx - log_qz).sum())
     return total / len(z)
 

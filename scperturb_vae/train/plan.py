@@ -11,7 +11,6 @@ scVI.
 
 from __future__ import annotations
 
-
 import torch
 from scvi.train import TrainingPlan
 
