@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / "workflows"
 SCRIPTS = ("01_simulate_recover.py", "02_real_screen_interpret.py", "03_heldout_fewshot.py")
 REAL_DATA = ROOT.parent / "shared" / "data" / "datlinger2021_scperturb_testdata.h5ad"

@@ -15,38 +15,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from typer.testing import CliRunner
+from helpers import assert_user_error, invoke
 
 from scperturb_vae.bench.constants import BENCH_COLUMNS
 from scperturb_vae.bench.synthetic import CONTROL_LABEL, synthetic_screen_adata, write_synthetic_screen
 from scperturb_vae.data.validate import open_perturbation_adata, validate_perturbation_adata
 from scperturb_vae.errors import InputError, OutputError
-from scvae_cli.main import app
 
 TINY = ("--n-cells", 600, "--n-genes", 50, "--n-perturbations", 12, "--epochs", 1, "--models", "svae+,ivae",
         "--is-cells", 40, "--is-samples", 8, "--batch-size", 64)
 REQUIRED = ("model", "seconds_per_epoch", "ratio_to_scvi", "peak_rss_mb", "is_cell_samples_per_second",
             "is_ratio_to_scvi", "n_cells", "n_genes", "batch_size")
-
-
-def invoke(runner: CliRunner, *args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_user_error(result, exit_code: int) -> str:
-    """The documented exit code and one ``error:`` line, the last on stderr, no traceback."""
-    assert result.exit_code == exit_code, (result.exit_code, result.stdout, result.stderr, result.exception)
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error")]
-    assert len(errors) == 1 and lines[-1] == errors[0] and lines[-1].startswith("error: "), result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
-    return lines[-1]
-
-
-@pytest.fixture(scope="module")
-def runner() -> CliRunner:
-    return CliRunner()
 
 
 @pytest.fixture(scope="module")

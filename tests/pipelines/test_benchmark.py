@@ -16,13 +16,12 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
+from helpers import assert_user_error, invoke
 
 from scperturb_vae.data.simulate import graph_from_adata, simulate_screen
 from scperturb_vae.errors import InputError
 from scperturb_vae.pipelines.benchmark import markdown_summary, summarise_results
 from scperturb_vae.pipelines.score import score_run
-from scvae_cli.main import app
 
 BENCH_FILES = ("results.csv", "summary.csv", "summary.md", "metrics.png", "graph_seed0.png",
                "data/paper_seed0.h5ad", "data/paper_seed1.h5ad")
@@ -30,26 +29,6 @@ RUN_FILES = ("model", "latent.h5ad", "intervention_graph.csv", "run.json", "scor
 UNIT_METRICS = ("mcc_pearson", "mcc_spearman", "r2", "mig", "graph_precision", "graph_recall", "graph_f1",
                 "graph_auroc", "graph_average_precision")
 COMPARED = (*UNIT_METRICS, "active_units", "n_matched", "graph_tp", "graph_fp", "graph_fn", "validation_nll")
-
-
-def invoke(runner: CliRunner, *args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_user_error(result, exit_code: int) -> str:
-    """The documented exit code and one ``error:`` line, the last on stderr, no traceback."""
-    assert result.exit_code == exit_code, (result.exit_code, result.stdout, result.stderr, result.exception)
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error")]
-    assert len(errors) == 1 and lines[-1] == errors[0] and lines[-1].startswith("error: "), result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
-    return lines[-1]
-
-
-@pytest.fixture(scope="module")
-def runner() -> CliRunner:
-    return CliRunner()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ profiles are checked against a hand-computed example.  Everything is small and f
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -18,9 +17,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from helpers import SHARED_DATA, assert_user_error, invoke, sha256
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import pdist
-from typer.testing import CliRunner
 
 from scperturb_vae.data.cluster_tables import (
     cluster_members,
@@ -32,16 +31,12 @@ from scperturb_vae.errors import InputError, OutputError
 from scperturb_vae.pipelines.clusters import write_cluster_table
 from scperturb_vae.tl import clusters as clusters_module
 from scperturb_vae.tl.clusters import compute_perturbation_clusters, perturbation_profiles
-from scvae_cli.main import app
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REPLOGLE = SHARED_DATA / "genesets" / "replogle2022_perturbation_clusters_LINDA_ENCORE.txt"
 DATLINGER = SHARED_DATA / "datlinger2021_scperturb_testdata.h5ad"
 
 
 # --------------------------------------------------------------------------- helpers
-def sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def two_block_screen(
@@ -97,21 +92,6 @@ def dense_reference_profiles(adata: ad.AnnData, key: str, control: str) -> pd.Da
                         index=names, columns=adata.var_names)
 
 
-def invoke(runner: CliRunner, *args: object):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_user_error(result, exit_code: int) -> str:
-    """Documented exit code, exactly one ``error:`` line (the last on stderr), no traceback."""
-    assert result.exit_code == exit_code, (result.exit_code, result.stdout, result.stderr)
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error")]
-    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
-    return lines[-1]
-
-
 UP = ["Z1", "Z2", "Z3", "Z4", "Z5"]
 DOWN = ["A1", "A2", "A3"]
 
@@ -119,11 +99,6 @@ DOWN = ["A1", "A2", "A3"]
 @pytest.fixture(scope="module")
 def screen() -> ad.AnnData:
     return two_block_screen(UP, DOWN)
-
-
-@pytest.fixture(scope="module")
-def runner() -> CliRunner:
-    return CliRunner()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ marked ``slow`` but is still part of the suite.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -22,45 +21,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from typer.testing import CliRunner
+from helpers import SHARED_DATA, assert_user_error, invoke, leftovers, sha256
 
-from scvae_cli.main import app
-
-REAL_DATA = Path(__file__).resolve().parents[2] / "shared/data/datlinger2021_scperturb_testdata.h5ad"
+REAL_DATA = SHARED_DATA / "datlinger2021_scperturb_testdata.h5ad"
 RUN_FILES = ("model", "latent.h5ad", "intervention_graph.csv", "history.csv", "loss_curve.png", "run.json")
 # what the tiny trainings share: few latents, no progress bar
 FAST = ["--n-latent", "3", "--no-progress"]
 
 
 # --------------------------------------------------------------------------- helpers
-def sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def invoke(runner: CliRunner, *args: object, **kwargs):
-    return runner.invoke(app, [str(a) for a in args], **kwargs)
-
-
-def assert_user_error(result, exit_code: int) -> str:
-    """A user error: the documented exit code, one ``error:`` line on stderr (the last), no traceback.
-
-    Progress lines logged before the error (the data summary) may precede it.
-    """
-    assert result.exit_code == exit_code, (result.exit_code, result.stdout, result.stderr, result.exception)
-    # the command ended through sys.exit, not through an escaping exception
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error")]
-    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
-    assert lines[-1].startswith("error: "), result.stderr
-    assert "Traceback" not in result.stderr
-    assert "Traceback" not in result.stdout
-    return lines[-1]
-
-
-def leftovers(folder: Path) -> list[str]:
-    """Hidden (temporary) entries the atomic writers could leave behind."""
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
 
 def tiny_counts_adata(*, seed: int = 0, n_genes: int = 10) -> ad.AnnData:
@@ -77,9 +46,6 @@ def tiny_counts_adata(*, seed: int = 0, n_genes: int = 10) -> ad.AnnData:
 
 
 # --------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def runner() -> CliRunner:
-    return CliRunner()
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import SHARED_DATA
 from scipy import stats
 
 from scperturb_vae.data.genesets import load_gene_sets, read_gene_sets, restrict_gene_sets
@@ -24,7 +25,7 @@ from scperturb_vae.tl.enrichment import (
     perturbation_set_enrichment,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = SHARED_DATA
 GENESETS = SHARED / "genesets"
 
 

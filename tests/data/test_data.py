@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from helpers import SHARED_DATA
 
 from scperturb_vae.data.counts import check_counts
 from scperturb_vae.data.labels import (
@@ -31,12 +32,7 @@ from scperturb_vae.data.validate import (
 )
 from scperturb_vae.errors import InputError, ScvaeError
 
-REAL_DATA = (
-    pathlib.Path(__file__).resolve().parents[2]
-    / "shared"
-    / "data"
-    / "datlinger2021_scperturb_testdata.h5ad"
-)
+REAL_DATA = SHARED_DATA / "datlinger2021_scperturb_testdata.h5ad"
 
 # 60 cells: 15 control, 15 A, 15 B, 15 A+B
 LABELS = ["control"] * 15 + ["A"] * 15 + ["B"] * 15 + ["A+B"] * 15

@@ -10,7 +10,6 @@ Small files in the Replogle 2022 layout (dense float32 counts, Ensembl IDs with 
 
 from __future__ import annotations
 
-import hashlib
 import shlex
 from pathlib import Path
 
@@ -19,36 +18,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from typer.testing import CliRunner
+from helpers import SHARED_DATA, assert_user_error, invoke, sha256
 
 from scperturb_vae.data.layouts import PREPARED_CONTROL, detect_layout
 from scperturb_vae.data.prepare import UNS_KEY, prepare_adata
 from scperturb_vae.data.validate import open_perturbation_adata
 from scperturb_vae.errors import InputError, OutputError
 from scperturb_vae.pipelines.prepare import prepare_screen
-from scvae_cli.main import app
 
 REPLOGLE_GENES = ["POLR2A", "RPL3", "SUPT5H", "MED12", "TAF1", "GATA1"]
 
 
 # --------------------------------------------------------------------------- helpers
-def sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def invoke(runner: CliRunner, *args: object):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_user_error(result, exit_code: int) -> str:
-    """One ``error:`` line on stderr (the last), the documented exit code, no traceback."""
-    assert result.exit_code == exit_code, (result.exit_code, result.stdout, result.stderr, result.exception)
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error")]
-    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
-    return lines[-1]
 
 
 def poisson_counts(rng: np.random.Generator, n_cells: int, n_genes: int) -> np.ndarray:
@@ -128,11 +109,6 @@ def scperturb_adata(*, seed: int = 1) -> ad.AnnData:
 def write(adata: ad.AnnData, path: Path) -> Path:
     adata.write_h5ad(path)
     return path
-
-
-@pytest.fixture(scope="module")
-def runner() -> CliRunner:
-    return CliRunner()
 
 
 @pytest.fixture
@@ -490,7 +466,7 @@ def test_cli_bad_input_file(runner, tmp_path):
 
 
 # --------------------------------------------------------------------------- real data
-REAL_DATA = Path(__file__).resolve().parents[2] / "shared/data/datlinger2021_scperturb_testdata.h5ad"
+REAL_DATA = SHARED_DATA / "datlinger2021_scperturb_testdata.h5ad"
 
 
 @pytest.mark.skipif(not REAL_DATA.exists(), reason=f"{REAL_DATA} not found (real test data lives beside the checkout)")

@@ -9,16 +9,15 @@ command end to end on a tiny run.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import types
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import SHARED_DATA, sha256
 from scipy.special import logsumexp
 from typer.testing import CliRunner
 
@@ -28,11 +27,7 @@ from scperturb_vae.pipelines.interpret import OUTPUT_FILES, interpret_run
 from scperturb_vae.tl.enrichment import ENRICHMENT_COLUMNS
 from scperturb_vae.tl.targets import DENSE_TOP, perturbation_targets
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+SHARED = SHARED_DATA
 
 
 # --------------------------------------------------------------------------- a model with a known decoder

@@ -27,7 +27,6 @@ exact stderr line and exit code.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -40,6 +39,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from helpers import sha256
 
 PERTURBATIONS = [f"P{i:03d}" for i in range(6)]
 HELD_OUT = "P005"  # held out by the shared run folder
@@ -59,8 +59,6 @@ OUTPUT_NAME = {"simulate": "out.h5ad", "prepare": "out.h5ad", "clusters": "out.c
 
 
 # --------------------------------------------------------------------------- helpers
-def sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def fingerprint(paths) -> dict[str, str]:
