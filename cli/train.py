@@ -93,12 +93,11 @@ def train(
     setup_logging()
     with user_errors(ctx):
         from scperturb_vae.errors import InputError
-        from scperturb_vae.model.registry import MODEL_NAMES
         from scperturb_vae.pipelines.train import TrainSettings, train_run
+        from scperturb_vae.tl.checks import check_settings
 
         model = model.lower()
-        if model not in MODEL_NAMES:
-            raise InputError(f"unknown model {model!r}; choose one of {', '.join(MODEL_NAMES)}")
+        check_settings(flags=True, model=model)
         specific = {
             "beta_k": ("svae+", beta_k),
             "sparsity_penalty": ("svae", sparsity_penalty),

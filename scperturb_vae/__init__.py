@@ -12,8 +12,15 @@ Data: :func:`open_perturbation_adata`, :func:`validate_perturbation_adata`;
 simulation: :func:`simulate_screen`.
 
 Notebook API in scanpy's style (submodules, imported on first use): ``tl`` (train, embed,
-gene effects, enrichment, recovery, held-out likelihood on an AnnData) and ``pl`` (their
-plots), e.g. ``import scperturb_vae as sv; model = sv.tl.fit(adata); sv.pl.graph(adata)``.
+gene effects, enrichment, recovery, held-out likelihood on an AnnData), ``get`` (read back
+what ``tl`` wrote) and ``pl`` (the plots), e.g.
+``import scperturb_vae as sv; model = sv.tl.fit(adata); sv.pl.graph(adata)``.
+
+The package is one folder per layer, each importing only from the layers before it:
+``data`` (the input) < ``module`` (priors, the VAE module) < ``train`` (plan, checkpoints) <
+``model`` (the classes, save/load, interpretability) < ``get`` < ``tl`` < ``pl`` <
+``pipelines`` (file in, folder out: what the commands run) < ``bench`` (the speed harness);
+``errors``, ``io`` and ``logs`` serve them all.
 """
 
 from __future__ import annotations

@@ -214,7 +214,7 @@ def run_benchmark(
     preset
         Simulation preset, ``"paper"`` or ``"programs"``.
     models
-        Model names (``MODEL_NAMES`` of :mod:`scperturb_vae.pipelines.train`), a list or ``"svae+,vae"``.
+        Model names (``MODEL_NAMES`` of :mod:`scperturb_vae.model.registry`), a list or ``"svae+,vae"``.
     seeds
         Seeds, a list or ``"0,1,2"``: seed ``S`` simulates the screen and trains on it.
     max_epochs

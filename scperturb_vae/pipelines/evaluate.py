@@ -34,6 +34,7 @@ import pandas as pd
 
 from scperturb_vae.errors import InputError
 from scperturb_vae.io import atomic_dir, check_output, package_versions, write_json
+from scperturb_vae.model.registry import parse_models
 from scperturb_vae.tl.checks import check_settings, parse_fewshot
 from scperturb_vae.tl.evaluate import SETTINGS_ORDER, Scoring, assemble_tables, evaluate_model
 
@@ -81,18 +82,12 @@ class EvaluateSettings:
     backed: bool = False
 
     def validate(self) -> None:
-        from scperturb_vae.model.registry import MODEL_NAMES
-
         if not self.runs:
             if self.adata is None:
                 raise InputError("give --adata (to train the models) or --model RUN folders trained with --holdout")
             if not self.models:
                 raise InputError("no model to evaluate: give --models (e.g. svae+,ivae,vae)")
-            unknown = [m for m in self.models if m not in MODEL_NAMES]
-            if unknown:
-                raise InputError(f"unknown model(s) {', '.join(unknown)}; choose among {', '.join(MODEL_NAMES)}")
-            if len(set(self.models)) != len(self.models):
-                raise InputError("a model is listed twice in --models")
+            self.models = parse_models(self.models)
             if self.holdout is None and not self.holdout_perturbations:
                 raise InputError("nothing to hold out: give --holdout CLUSTER or --holdout-perturbations A,B,...")
         check_settings(flags=True, n_importance=self.n_importance, adapt_steps=self.adapt_steps,

@@ -5,7 +5,7 @@ and other commands get the same outputs.  The run folder ``runs/NAME/`` holds:
 
 ``model/``
     The model: ``weights.pt`` (tensors only) and ``model.json`` (see :mod:`scperturb_vae.model.persist`),
-    loadable with ``SVAEPlus.load("runs/NAME/model", adata=adata)`` or :func:`load_run` (the
+    loadable with ``SVAEPlus.load("runs/NAME/model", adata=adata)`` or :func:`scperturb_vae.model.runs.load_run` (the
     class is named in ``run.json``; the AnnData is the input, set up again on load).
 ``latent.h5ad``
     ``X`` = posterior means (cells x latents), ``obs`` copied from the input, ``var_names``
@@ -18,7 +18,9 @@ and other commands get the same outputs.  The run folder ``runs/NAME/`` holds:
     Every setting, the versions, the seed, the input's path and SHA-256, the timings and
     the held-out validation likelihood.
 
-The folder is built under a temporary name and renamed when complete.
+The folder is built under a temporary name and renamed when complete.  The model is trained
+by the package's one training path, :func:`scperturb_vae.tl.fit.train_model`; checkpoints for
+``--resume`` are :mod:`scperturb_vae.train.checkpoint`'s.
 """
 
 from __future__ import annotations
@@ -37,14 +39,13 @@ import pandas as pd
 from scperturb_vae.data.validate import PerturbationData, open_perturbation_adata
 from scperturb_vae.errors import InputError
 from scperturb_vae.io import atomic_dir, check_output, package_versions, write_json
-from scperturb_vae.model.registry import MODEL_NAMES
 from scperturb_vae.tl.checks import check_settings
 from scperturb_vae.tl.fit import final_metrics, history_frame, train_model
 from scperturb_vae.tl.heldout import holdout_split
 
 logger = logging.getLogger("scperturb_vae")
 
-__all__ = ["TrainSettings", "TrainResult", "train_run", "MODEL_NAMES"]
+__all__ = ["TrainSettings", "TrainResult", "train_run", "checkpoint_dir", "split_for"]
 
 #: fewest cells a model can be trained on: scvi-tools keeps ceil(90%) of them for training
 #: and fails without a validation cell, i.e. below 10 cells

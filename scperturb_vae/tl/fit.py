@@ -228,7 +228,7 @@ def embed(adata, model, *, key_added: str | None = None, copy: bool = False):
         refused).
     model
         A trained model, or a run folder made by ``scvae train``
-        (:func:`scperturb_vae.pipelines.train.load_run`, which reads the input file named in its
+        (:func:`scperturb_vae.model.runs.load_run`, which reads the input file named in its
         ``run.json``).
     key_added
         The key (default: the key of a model of the same class already in ``adata``,
