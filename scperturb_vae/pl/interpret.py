@@ -20,7 +20,7 @@ def graph_heatmap(graph: pd.DataFrame, title: str = ""):
     """Perturbations x latents heatmap, rows and columns ordered by hierarchical clustering."""
     values = graph.to_numpy(dtype=float)
     top = float(np.nanmax(values)) if values.size else float("nan")
-    panel = (clustered(graph), f"{title or 'intervention graph'} (clustered; max {top:.2g})")
+    panel = (clustered(graph), f"{title or 'intervention graph'}\n(clustered; max {top:.2g})")
     return graph_heatmaps([panel], graph_size(*graph.shape, max_width=20.0), colorbar_label=GRAPH_LABEL)
 
 
