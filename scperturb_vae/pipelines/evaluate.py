@@ -158,7 +158,7 @@ def _run_name(model: str) -> str:
 def _load_models(settings: EvaluateSettings):
     """Read ``--model`` run folders; they must share one held-out split."""
     from scperturb_vae.model.runs import load_run
-    from scperturb_vae.tl.heldout import HoldoutSpec
+    from scperturb_vae.tl.holdout import HoldoutSpec
 
     loaded = []
     for run in settings.runs:

@@ -41,7 +41,7 @@ from scperturb_vae.errors import InputError
 from scperturb_vae.io import atomic_dir, check_output, package_versions, write_json
 from scperturb_vae.tl.checks import check_settings
 from scperturb_vae.tl.fit import final_metrics, history_frame, train_model
-from scperturb_vae.tl.heldout import holdout_split
+from scperturb_vae.tl.holdout import holdout_split
 
 logger = logging.getLogger("scperturb_vae")
 
@@ -77,7 +77,7 @@ class TrainSettings:
     ll_cells: int = 1000
     ll_samples: int = 100
     model_kwargs: dict[str, Any] = field(default_factory=dict)
-    #: held-out perturbations (see :mod:`scperturb_vae.tl.heldout`): a cluster name ...
+    #: held-out perturbations (see :mod:`scperturb_vae.tl.holdout`): a cluster name ...
     holdout: str | None = None
     #: ... or a list of perturbations
     holdout_perturbations: list[str] | None = None
@@ -483,7 +483,7 @@ def train_run(
     ``data`` is the already opened ``settings.adata`` (commands that train several models
     read the file once).  With a holdout (``settings.holdout`` or
     ``settings.holdout_perturbations``) the held-out cells are left out of training and the
-    split is written to ``split.csv`` (see :mod:`scperturb_vae.tl.heldout`); ``holdout`` is an
+    split is written to ``split.csv`` (see :mod:`scperturb_vae.tl.holdout`); ``holdout`` is an
     already computed ``(HoldoutSpec, parts)`` pair of that split.
     """
     settings.validate()

@@ -81,8 +81,8 @@ def heldout_nll(
 
     1. The held-out perturbations (``holdout_perturbations``, or the cluster ``holdout`` of
        a cluster table or of clusters computed from the data;
-       :func:`scperturb_vae.tl.heldout.resolve_holdout`) and the split
-       (:func:`scperturb_vae.tl.heldout.make_split`): every cell of a held-out perturbation is
+       :func:`scperturb_vae.tl.holdout.resolve_holdout`) and the split
+       (:func:`scperturb_vae.tl.holdout.make_split`): every cell of a held-out perturbation is
        held out, a seeded ``adapt_fraction`` of each held-out label adapts, the rest
        evaluates; all other cells train.
     2. Each model is trained (as :func:`fit`) on the training cells.
@@ -135,7 +135,7 @@ def heldout_nll(
     HeldoutResult
     """
     from scperturb_vae.data.validate import validate_perturbation_adata
-    from scperturb_vae.tl.heldout import holdout_split
+    from scperturb_vae.tl.holdout import holdout_split
 
     check_adata(adata)
     models, shots, model_kwargs = _check_heldout_args(

@@ -302,7 +302,7 @@ def test_user_mistakes_are_one_line_input_errors(fitted, sim):
 
 # =========================================================================== held-out likelihood
 def test_heldout_nll_scores_the_held_out_perturbations(heldout, sim):
-    from scperturb_vae.tl.heldout import make_split
+    from scperturb_vae.tl.holdout import make_split
 
     adata, result = heldout
     assert "heldout" not in adata.uns and "heldout_part" not in adata.obs  # nothing written without key_added

@@ -24,8 +24,8 @@ from scperturb_vae.tl.heldout import (
     extended_module,
     heldout_cells,
     heldout_log_likelihood,
-    make_split,
 )
+from scperturb_vae.tl.holdout import make_split
 
 runner = CliRunner()
 
