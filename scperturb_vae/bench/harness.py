@@ -81,6 +81,7 @@ from scperturb_vae.bench.synthetic import (
 from scperturb_vae.bench.workers import run_child
 from scperturb_vae.errors import InputError
 from scperturb_vae.io import atomic_dir, check_output, package_versions, write_json
+from scperturb_vae.model.registry import parse_models
 
 logger = logging.getLogger("scperturb_vae")
 
@@ -94,19 +95,11 @@ __all__ = [
     "TARGET_RATIO",
     "BenchResult",
     "default_threads",
-    "parse_bench_models",
     "run_bench",
     "synthetic_blocks",
     "synthetic_screen_adata",
     "write_synthetic_screen",
 ]
-
-
-def parse_bench_models(models: str) -> list[str]:
-    """``"svae+,ivae"`` -> known, distinct model names (``scvi`` is always measured)."""
-    from scperturb_vae.model.registry import parse_models
-
-    return parse_models(models)
 
 
 @dataclass
@@ -205,7 +198,7 @@ def run_bench(
     ``out/data/``.
     """
     threads = DEFAULT_THREADS if threads is None else threads
-    model_list = parse_bench_models(models) if speed else []
+    model_list = parse_models(models) if speed else []  # scvi is always measured
     _validate_options(n_latent=n_latent, batch_size=batch_size, epochs=epochs, warmup_epochs=warmup_epochs,
                       is_cells=is_cells, is_samples=is_samples, is_samples_per_pass=is_samples_per_pass, seed=seed,
                       threads=threads, repeats=repeats, n_hidden=n_hidden, n_layers=n_layers,

@@ -30,6 +30,8 @@ from scperturb_vae.errors import InputError
 from scperturb_vae.io import atomic_dir, atomic_path, check_output, write_json
 from scperturb_vae.model.registry import parse_models
 from scperturb_vae.pipelines.score import format_value, nested_get, score_run, write_score
+from scperturb_vae.pl.base import save
+from scperturb_vae.pl.benchmark import learned_vs_true_graphs, metrics_by_model
 from scperturb_vae.tl.checks import check_settings
 from scperturb_vae.tl.targets import aligned_graph
 
@@ -175,20 +177,6 @@ def _relocate_run_json(run_dir: Path, old: Path, new: Path) -> None:
             info[section][key] = fix(info[section][key])
 
     write_json(info, path)
-
-
-def _plot_metrics(results: pd.DataFrame, models: Sequence[str], path: Path, title: str) -> None:
-    from scperturb_vae.pl.base import save
-    from scperturb_vae.pl.benchmark import metrics_by_model
-
-    save(metrics_by_model(results, models, PLOT_METRICS, SUMMARY_METRICS, title), path)
-
-
-def _plot_graphs(true_graph: pd.DataFrame, learned: dict[str, pd.DataFrame], path: Path, title: str) -> None:
-    from scperturb_vae.pl.base import save
-    from scperturb_vae.pl.benchmark import learned_vs_true_graphs
-
-    save(learned_vs_true_graphs(true_graph, learned, title), path)
 
 
 def run_benchmark(
@@ -366,7 +354,7 @@ def _write_tables(tmp: Path, rows: list, models: list[str], preset: str, seeds: 
         "simulated truth; active units: latents with Var_x E[z|x] > 0.01; validation NLL: "
         "importance-sampled, nats per cell; train s: training seconds.\n\n" + table
     )
-    _plot_metrics(results, models, tmp / "metrics.png", title)
+    save(metrics_by_model(results, models, PLOT_METRICS, SUMMARY_METRICS, title), tmp / "metrics.png")
     if true_graph is not None:
-        _plot_graphs(true_graph, graphs, tmp / f"graph_seed{seeds[0]}.png", f"{preset}, seed {seeds[0]}")
+        save(learned_vs_true_graphs(true_graph, graphs, f"{preset}, seed {seeds[0]}"), tmp / f"graph_seed{seeds[0]}.png")
     return results, summary, table

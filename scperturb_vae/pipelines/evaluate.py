@@ -35,8 +35,12 @@ import pandas as pd
 from scperturb_vae.errors import InputError
 from scperturb_vae.io import atomic_dir, check_output, package_versions, write_json
 from scperturb_vae.model.registry import parse_models
+from scperturb_vae.pl.base import save
+from scperturb_vae.pl.heldout import fewshot as fewshot_figure
+from scperturb_vae.pl.heldout import heldout_nll
 from scperturb_vae.tl.checks import check_settings, parse_fewshot
 from scperturb_vae.tl.evaluate import SETTINGS_ORDER, Scoring, assemble_tables, evaluate_model
+from scperturb_vae.tl.holdout import holdout_split
 
 logger = logging.getLogger("scperturb_vae")
 
@@ -118,14 +122,18 @@ def _train_base(settings: EvaluateSettings, data) -> dict[str, Any]:
 def _open_and_split(settings: EvaluateSettings, out: Path):
     """Open and validate the data and split it once (before any output is created)."""
     from scperturb_vae.data.validate import open_perturbation_adata
-    from scperturb_vae.pipelines.train import MIN_TRAINING_CELLS, TrainSettings, split_for
+    from scperturb_vae.pipelines.train import MIN_TRAINING_CELLS
 
     data = open_perturbation_adata(
         settings.adata, perturbation_key=settings.perturbation_key, control_label=settings.control,
         layer=settings.layer, min_cells=settings.min_cells, backed=settings.backed,
     )
     logger.info(data.summary())
-    spec, parts = split_for(TrainSettings(out=str(out / "runs" / "x"), **_train_base(settings, data)), data)
+    spec, parts = holdout_split(
+        data, holdout=settings.holdout, holdout_perturbations=settings.holdout_perturbations,
+        clusters=settings.clusters, n_clusters=settings.n_clusters, adapt_fraction=settings.adapt_fraction,
+        seed=settings.seed,
+    )
     n_train = int((parts == "train").sum())
     if n_train < MIN_TRAINING_CELLS:
         raise InputError(
@@ -214,15 +222,6 @@ def format_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _plots(table: pd.DataFrame, fewshot: pd.DataFrame, out: Path, title: str) -> None:
-    from scperturb_vae.pl.base import save
-    from scperturb_vae.pl.heldout import fewshot as fewshot_figure
-    from scperturb_vae.pl.heldout import heldout_nll
-
-    save(heldout_nll(table, title=title), out / "nll.png")
-    save(fewshot_figure(fewshot), out / "fewshot.png")
-
-
 def _score(settings: EvaluateSettings, evaluated: list, data, spec, split: pd.Series):
     """Every model scored by :func:`scperturb_vae.tl.evaluate.evaluate_model`: the tables and per-model records."""
     scoring = Scoring(seed=settings.seed, n_importance=settings.n_importance, fewshot=settings.fewshot,
@@ -263,7 +262,8 @@ def evaluate(settings: EvaluateSettings, *, progress_bar: bool = True) -> dict[s
         (tmp / "nll.md").write_text(
             f"# Held-out NLL: {spec.name} ({len(spec.perturbations)} perturbations)\n\n" + _markdown(table)
         )
-        _plots(table, fewshot, tmp, f"held out: {spec.name}")
+        save(heldout_nll(table, title=f"held out: {spec.name}"), tmp / "nll.png")
+        save(fewshot_figure(fewshot), tmp / "fewshot.png")
         summary = {
             "settings": asdict(settings),
             "holdout": {**spec.to_json(), "n_cells": {p: int((split == p).sum()) for p in

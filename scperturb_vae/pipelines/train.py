@@ -39,13 +39,15 @@ import pandas as pd
 from scperturb_vae.data.validate import PerturbationData, open_perturbation_adata
 from scperturb_vae.errors import InputError
 from scperturb_vae.io import atomic_dir, check_output, package_versions, write_json
+from scperturb_vae.pl.base import save
+from scperturb_vae.pl.training import loss_curve
 from scperturb_vae.tl.checks import check_settings
 from scperturb_vae.tl.fit import final_metrics, history_frame, train_model
 from scperturb_vae.tl.holdout import holdout_split
 
 logger = logging.getLogger("scperturb_vae")
 
-__all__ = ["TrainSettings", "TrainResult", "train_run", "checkpoint_dir", "split_for"]
+__all__ = ["TrainSettings", "TrainResult", "train_run", "checkpoint_dir"]
 
 #: fewest cells a model can be trained on: scvi-tools keeps ceil(90%) of them for training
 #: and fails without a validation cell, i.e. below 10 cells
@@ -122,13 +124,6 @@ def _devices(value: str) -> int | str:
     return int(value) if str(value).isdigit() else value
 
 
-def _plot_history(hist: pd.DataFrame, path: Path, title: str) -> None:
-    from scperturb_vae.pl.base import save
-    from scperturb_vae.pl.training import loss_curve
-
-    save(loss_curve(hist, title), path)
-
-
 def _graph_summary(graph: pd.DataFrame) -> dict[str, Any]:
     v = graph.to_numpy()
     return {
@@ -168,7 +163,7 @@ def _validation_likelihood(model, settings: TrainSettings) -> dict[str, Any] | N
     }
 
 
-def split_for(settings: TrainSettings, data: PerturbationData):
+def _split_for(settings: TrainSettings, data: PerturbationData):
     """The held-out perturbations and the cell parts of ``settings``, or ``(None, None)`` without a holdout."""
     if not settings.has_holdout:
         return None, None
@@ -502,7 +497,7 @@ def train_run(
         logger.info(data.summary())
     if settings.batch_key is not None and settings.batch_key not in data.adata.obs:
         raise InputError(f"batch column {settings.batch_key!r} is not in the obs of {settings.adata}")
-    spec, parts = holdout if holdout is not None else split_for(settings, data)
+    spec, parts = holdout if holdout is not None else _split_for(settings, data)
     n_train = data.adata.n_obs if parts is None else int((parts == "train").sum())
     if n_train < MIN_TRAINING_CELLS:
         raise InputError(
@@ -527,7 +522,7 @@ def train_run(
         latent_adata.write_h5ad(tmp / "latent.h5ad")
         graph.to_csv(tmp / "intervention_graph.csv")
         hist.to_csv(tmp / "history.csv")
-        _plot_history(hist, tmp / "loss_curve.png", f"{type(model).__name__} on {Path(settings.adata).name}")
+        save(loss_curve(hist, f"{type(model).__name__} on {Path(settings.adata).name}"), tmp / "loss_curve.png")
         write_json(summary, tmp / "run.json")
     shutil.rmtree(ckpt, ignore_errors=True)
     return TrainResult(out=out, model=model, data=data, summary=summary, split=parts)
@@ -545,7 +540,7 @@ def _train_worker(settings: TrainSettings, data: PerturbationData | None, holdou
             settings.adata, perturbation_key=settings.perturbation_key, control_label=settings.control,
             layer=settings.layer, min_cells=settings.min_cells, backed=settings.backed,
         )
-    _, parts = holdout if holdout is not None else split_for(settings, data)
+    _, parts = holdout if holdout is not None else _split_for(settings, data)
     _fit(settings, data, progress_bar=False, parts=parts, checkpoint_dir=checkpoint_dir(Path(settings.out)))
     return None
 

@@ -52,6 +52,8 @@ from scipy import stats
 from scipy.optimize import linear_sum_assignment
 from scipy.special import logsumexp
 
+from scperturb_vae.io import json_ready
+
 __all__ = [
     "MCCResult",
     "mean_correlation_coefficient",
@@ -376,12 +378,6 @@ def graph_scores(true_graph: pd.DataFrame, learned_graph: pd.DataFrame, assignme
     }
 
 
-def _finite_or_none(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def recovery_summary(true_latent, learned_latent, true_graph: pd.DataFrame, learned_graph: pd.DataFrame) -> dict:
     """Every recovery metric in one JSON-ready dictionary.
 
@@ -403,7 +399,7 @@ def recovery_summary(true_latent, learned_latent, true_graph: pd.DataFrame, lear
         "n_matched": int((pearson.assignment >= 0).sum()),
     }
     out.update({f"graph_{k}": v for k, v in graph_scores(true_graph, learned_graph, pearson.assignment).items()})
-    return {k: _finite_or_none(v) for k, v in out.items()}
+    return json_ready(out)
 
 
 # --------------------------------------------------------------------------- posterior collapse
