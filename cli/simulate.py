@@ -10,11 +10,34 @@ import typer
 from ._common import OverwriteOpt, SeedOpt, setup_logging, user_errors
 
 
+def parse_params(items: list[str]) -> dict:
+    """``KEY=VALUE`` strings as a dict (VALUE read as an int, a float, true/false, or kept as text)."""
+    from scperturb_vae.errors import InputError
+
+    out: dict = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--param takes KEY=VALUE, not {item!r}")
+        value: object = text
+        if text.lower() in ("true", "false"):
+            value = text.lower() == "true"
+        else:
+            for kind in (int, float):
+                try:
+                    value = kind(text)
+                    break
+                except ValueError:
+                    continue
+        out[key.strip().replace("-", "_")] = value
+    return out
+
+
 def simulate(
     ctx: typer.Context,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .h5ad.", show_default=False)],
     preset: Annotated[
-        str, typer.Option("--preset", help="'paper' (the sVAE+ paper's design) or 'programs' (one gene program per latent).")
+        str, typer.Option("--preset", help="'paper' (the sVAE+ paper's design), 'programs' (one gene program per latent) or 'realistic' (shallow negative binomial counts, weak effects, null perturbations, pathway groups).")
     ] = "paper",
     seed: SeedOpt = 0,
     n_latent: Annotated[Optional[int], typer.Option(help="Number of true latents.", show_default=False)] = None,
@@ -28,7 +51,16 @@ def simulate(
     shift_sd: Annotated[Optional[float], typer.Option(help="Standard deviation of the shifts.", show_default=False)] = None,
     library_size: Annotated[Optional[float], typer.Option(help="(Median) counts per cell.", show_default=False)] = None,
     n_heldout: Annotated[Optional[int], typer.Option(help="Perturbations marked held-out (the last ones).", show_default=False)] = None,
-    genes_per_program: Annotated[Optional[int], typer.Option(help="'programs' preset: genes driven by each latent.", show_default=False)] = None,
+    genes_per_program: Annotated[Optional[int], typer.Option(help="'programs' and 'realistic': genes driven by each latent.", show_default=False)] = None,
+    library_sigma: Annotated[Optional[float], typer.Option(help="Sd of the log library sizes.", show_default=False)] = None,
+    null_fraction: Annotated[Optional[float], typer.Option(help="'realistic': share of perturbations with no effect (0.4).", show_default=False)] = None,
+    n_pathways: Annotated[Optional[int], typer.Option(help="'realistic': pathway groups whose members share target latents (10).", show_default=False)] = None,
+    shift_min: Annotated[Optional[float], typer.Option(help="'realistic': weakest effect, in sd of the latent (0.5).", show_default=False)] = None,
+    shift_max: Annotated[Optional[float], typer.Option(help="'realistic': strongest effect, in sd (3.0).", show_default=False)] = None,
+    dispersion: Annotated[Optional[float], typer.Option(help="'realistic': median inverse dispersion theta of the negative binomial (3.0).", show_default=False)] = None,
+    condition_effect: Annotated[Optional[float], typer.Option(help="'realistic': log-fold effect of a stimulation covariate, obs['condition'], unevenly spread over perturbations (0: none).", show_default=False)] = None,
+    n_combinations: Annotated[Optional[int], typer.Option(help="'realistic': pairs A+B of perturbations (4).", show_default=False)] = None,
+    param: Annotated[Optional[list[str]], typer.Option("--param", help="Any other parameter of the preset, as KEY=VALUE (repeatable), e.g. --param cells_sigma=0.3.", show_default=False)] = None,
     gmt: Annotated[Optional[Path], typer.Option("--gmt", help="'programs' preset: also write the true gene programs as a .gmt file.", show_default=False)] = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -43,6 +75,8 @@ def simulate(
       scvae simulate --out sim.h5ad --preset paper --seed 0
 
       scvae simulate --out prog.h5ad --preset programs --gmt programs.gmt
+
+      scvae simulate --out real.h5ad --preset realistic --library-size 500
     """
     setup_logging()
     with user_errors(ctx):
@@ -53,8 +87,8 @@ def simulate(
 
         check_output(out, overwrite)
         if gmt is not None:
-            if preset != "programs":
-                raise InputError("--gmt needs --preset programs (only it has gene programs)")
+            if preset == "paper":
+                raise InputError("--gmt needs --preset programs or realistic (the paper preset has no gene programs)")
             check_output(gmt, overwrite)
         sizes = {
             "n_latent": n_latent,
@@ -69,9 +103,15 @@ def simulate(
             "library_size": library_size,
             "n_heldout": n_heldout,
         }
-        extra = {} if genes_per_program is None else {"genes_per_program": genes_per_program}
-        if extra and preset != "programs":
-            raise InputError("--genes-per-program needs --preset programs")
+        extra = {
+            key: value for key, value in {
+                "genes_per_program": genes_per_program, "library_sigma": library_sigma,
+                "null_fraction": null_fraction, "n_pathways": n_pathways, "shift_min": shift_min,
+                "shift_max": shift_max, "dispersion": dispersion, "condition_effect": condition_effect,
+                "n_combinations": n_combinations,
+            }.items() if value is not None
+        }
+        extra.update(parse_params(param or []))
         adata = simulate_screen(preset, seed=seed, **sizes, **extra)
         with atomic_path(out, overwrite=overwrite) as tmp:
             adata.write_h5ad(tmp)

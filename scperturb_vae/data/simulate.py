@@ -1,6 +1,8 @@
 """Simulated Perturb-seq screens with a known perturbation -> latent graph.
 
-Two presets are available through :func:`simulate_screen`:
+Three presets are available through :func:`simulate_screen`: ``"paper"`` and ``"programs"``
+below, and ``"realistic"`` (shallow negative binomial counts, weak effects, null perturbations,
+pathway groups; :mod:`scperturb_vae.data.realistic`).
 
 ``"paper"``
     The "sparse mechanism shift" simulation of the sVAE+ paper (Lopez et al.,
@@ -65,8 +67,6 @@ to load.
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -74,6 +74,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from scperturb_vae.data.realistic import REALISTIC_DEFAULTS, simulate_realistic
+from scperturb_vae.data.simparams import check_bool, check_float, check_int, lognormal_sizes, names, softmax_rows
 from scperturb_vae.errors import InputError
 
 __all__ = [
@@ -134,6 +136,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "base_sd": 1.0,
         "saturation": 2.0,
     },
+    "realistic": REALISTIC_DEFAULTS,
 }
 
 _INT_KEYS = {
@@ -168,26 +171,6 @@ _MAX_GRAPH_DRAWS = 10_000
 # --------------------------------------------------------------------------- #
 # parameters
 # --------------------------------------------------------------------------- #
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise InputError(f"{name} must be an integer, got {value!r}")
-    value = int(value)
-    if value < minimum:
-        raise InputError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
-def _check_float(name: str, value: Any, lower: float | None, strict: bool) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise InputError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise InputError(f"{name} must be finite, got {value}")
-    if lower is not None and (value <= lower if strict else value < lower):
-        raise InputError(f"{name} must be {'>' if strict else '>='} {lower:g}, got {value:g}")
-    return value
-
-
 def _resolve_params(preset: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(preset, str) or preset not in PRESETS:
         raise InputError(
@@ -207,14 +190,12 @@ def _resolve_params(preset: str, overrides: Mapping[str, Any]) -> dict[str, Any]
 
     for name in params:
         if name in _INT_KEYS:
-            params[name] = _check_int(name, params[name], _INT_KEYS[name])
+            params[name] = check_int(name, params[name], _INT_KEYS[name])
         elif name in _FLOAT_KEYS:
             lower, strict = _FLOAT_KEYS[name]
-            params[name] = _check_float(name, params[name], lower, strict)
+            params[name] = check_float(name, params[name], lower, strict)
         elif name in _BOOL_KEYS:
-            if not isinstance(params[name], (bool, np.bool_)):
-                raise InputError(f"{name} must be True or False, got {params[name]!r}")
-            params[name] = bool(params[name])
+            params[name] = check_bool(name, params[name])
 
     p = params
     if p["min_targets"] > p["max_targets"]:
@@ -246,11 +227,6 @@ def _resolve_params(preset: str, overrides: Mapping[str, Any]) -> dict[str, Any]
                 f"weight_min ({p['weight_min']:g}) must be <= weight_max ({p['weight_max']:g})"
             )
     return params
-
-
-def _names(prefix: str, n: int, min_width: int) -> list[str]:
-    width = max(min_width, len(str(max(n - 1, 0))))
-    return [f"{prefix}{i:0{width}d}" for i in range(n)]
 
 
 # --------------------------------------------------------------------------- #
@@ -290,24 +266,16 @@ def _leaky_relu(x: np.ndarray, slope: float) -> np.ndarray:
     return np.where(x >= 0, x, slope * x)
 
 
-def _softmax_rows(logits: np.ndarray) -> np.ndarray:
-    logits = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(logits)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def _poisson_counts(
     rng: np.random.Generator, logits: np.ndarray, library: np.ndarray
 ) -> sp.csr_matrix:
-    rates = _softmax_rows(logits) * library[:, None]
+    rates = softmax_rows(logits) * library[:, None]
     counts = rng.poisson(rates).astype(np.float32)
     return sp.csr_matrix(counts)
 
 
 def _library_sizes(rng: np.random.Generator, n_cells: int, p: dict[str, Any]) -> np.ndarray:
-    if p["library_sigma"] == 0.0:
-        return np.full(n_cells, p["library_size"])
-    return p["library_size"] * np.exp(p["library_sigma"] * rng.standard_normal(n_cells))
+    return lognormal_sizes(rng, n_cells, p["library_size"], p["library_sigma"])
 
 
 def simulate_screen(
@@ -353,8 +321,10 @@ def simulate_screen(
         n_heldout=n_heldout,
     )
     overrides.update(preset_specific)
+    if preset == "realistic":
+        return simulate_realistic(seed=seed, **{k: v for k, v in overrides.items() if v is not None})
     p = _resolve_params(preset, overrides)
-    seed = _check_int("seed", seed, 0)
+    seed = check_int("seed", seed, 0)
 
     rng_graph, rng_shift, rng_map, rng_z, rng_counts = (
         np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5)
@@ -362,8 +332,8 @@ def simulate_screen(
 
     n_lat, n_pert, n_genes_ = p["n_latent"], p["n_perturbations"], p["n_genes"]
     n_per, n_ctrl = p["n_cells_per_perturbation"], p["n_control_cells"]
-    latent_names = _names("z", n_lat, 2)
-    pert_names = _names("P", n_pert, 3)
+    latent_names = names("z", n_lat, 2)
+    pert_names = names("P", n_pert, 3)
     heldout_names = pert_names[n_pert - p["n_heldout"]:]
 
     graph = _draw_graph(rng_graph, p)
@@ -375,7 +345,7 @@ def simulate_screen(
     n_cells = means.shape[0]
     z = means + rng_z.standard_normal((n_cells, n_lat))
 
-    var = pd.DataFrame(index=pd.Index(_names("gene", n_genes_, 3 if preset == "paper" else 4)))
+    var = pd.DataFrame(index=pd.Index(names("gene", n_genes_, 3 if preset == "paper" else 4)))
     if preset == "paper":
         dims = [n_lat, p["n_hidden"], p["n_hidden"], n_genes_]
         weights = [_semi_orthogonal(rng_map, dims[i + 1], dims[i]) for i in range(3)]
@@ -408,7 +378,7 @@ def simulate_screen(
     X = _poisson_counts(rng_counts, logits, library)
 
     categories = ([CONTROL_LABEL] if n_ctrl > 0 else []) + pert_names
-    obs = pd.DataFrame(index=pd.Index(_names("cell", n_cells, 5)))
+    obs = pd.DataFrame(index=pd.Index(names("cell", n_cells, 5)))
     obs[PERTURBATION_KEY] = pd.Categorical(labels, categories=categories)
     obs["heldout"] = np.isin(labels, heldout_names)
 

@@ -24,6 +24,7 @@ from scperturb_vae.data.labels import COMBINATION_SEP, split_combination
 from scperturb_vae.data.validate import validate_perturbation_adata
 from scperturb_vae.module.priors import Prior
 from scperturb_vae.module.vae import PerturbationVAEModule
+from scperturb_vae.train.align import AlignLatents
 from scperturb_vae.train.plan import PerturbationTrainingPlan
 
 logger = logging.getLogger("scperturb_vae")
@@ -157,6 +158,19 @@ class PerturbationModelBase(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
         self.perturbations, self._label_table = self._perturbation_table()
         return len(self.perturbations)
 
+    def _perturbation_cell_counts(self) -> torch.Tensor:
+        """Cells of each single perturbation in the registered data (``A+B`` counts for both)."""
+        n_pert = len(self.perturbations)
+        if self.adata is None:
+            return torch.zeros(n_pert)
+        codes = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).ravel()
+        per_label = np.bincount(codes.astype(np.int64), minlength=self._label_table.shape[0])
+        counts = torch.zeros(n_pert)
+        for label_row, n in zip(self._label_table, per_label):
+            for p in label_row[label_row >= 0].tolist():
+                counts[p] += float(n)
+        return counts
+
     # --------------------------------------------------------------- properties
     @property
     def perturbation_key(self) -> str:
@@ -176,6 +190,7 @@ class PerturbationModelBase(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
         n_epochs_kl_warmup: int | None = None,
         batch_size: int = 128,
         plan_kwargs: dict | None = None,
+        align_latents: float | None = 0.4,
         **kwargs,
     ):
         """Train with scvi-tools' trainer (all its options pass through).
@@ -196,6 +211,10 @@ class PerturbationModelBase(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
             Minibatch size.
         plan_kwargs
             Further :class:`~scperturb_vae.train.plan.PerturbationTrainingPlan` arguments.
+        align_latents
+            sVAE+ / sVAE with the shared-mask estimator: after this fraction of the epochs,
+            rotate the latents once into the basis where the perturbations' shifts are
+            sparsest (:class:`~scperturb_vae.train.align.AlignLatents`); ``None`` or 0: never.
         **kwargs
             Passed to :meth:`scvi.model.base.UnsupervisedTrainingMixin.train` (``accelerator``,
             ``devices``, ``early_stopping``, ``train_size``, Lightning trainer arguments...).
@@ -210,6 +229,9 @@ class PerturbationModelBase(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
             "n_epochs_kl_warmup": default_kl_warmup(max_epochs) if n_epochs_kl_warmup is None else n_epochs_kl_warmup,
         }
         plan.update(plan_kwargs or {})
+        prior = self.module.prior
+        if align_latents and getattr(prior, "kl_estimator", None) == "shared" and max_epochs >= 2:
+            kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), AlignLatents(at=float(align_latents))]
         result = super().train(max_epochs=max_epochs, batch_size=batch_size, plan_kwargs=plan, **kwargs)
         self.recalibrate_batch_norm(batch_size=batch_size)
         return result
@@ -382,6 +404,23 @@ class PerturbationModelBase(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
             values = self._posterior_shift_score(adata, latent)
         return pd.DataFrame(
             values.astype(np.float64),
+            index=pd.Index(self.perturbations, name="perturbation"),
+            columns=pd.Index(self.latent_names, name="latent"),
+        )
+
+    def get_edge_evidence(self) -> pd.DataFrame | None:
+        """Perturbation x latent log Bayes factors (nats) of the edges, where the prior has them.
+
+        sVAE+ with the shared-mask estimator: ``logit(rho) + log K``, the evidence all the
+        cells of a perturbation gave the edge (an edge is drawn when it exceeds ``log K``);
+        see :meth:`scperturb_vae.module.priors.SparseShiftPrior.edge_evidence`.  ``None``
+        for the other models and estimators.
+        """
+        evidence = getattr(self.module.prior, "edge_evidence", lambda: None)()
+        if evidence is None:
+            return None
+        return pd.DataFrame(
+            evidence.detach().cpu().numpy()[: len(self.perturbations)].astype(np.float64),
             index=pd.Index(self.perturbations, name="perturbation"),
             columns=pd.Index(self.latent_names, name="latent"),
         )

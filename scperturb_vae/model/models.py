@@ -53,20 +53,30 @@ class SVAEPlus(PerturbationModelBase):
     adata
         AnnData registered with :meth:`setup_anndata`.{_NETWORK_DOC}
     beta_k
-        ``K`` of the Beta(1, K) prior on the mask probabilities.  ``K = 1`` is flat (the
-        reference implementation's default, which gives no sparsity).  The penalty is a
-        prior on the whole screen: an edge is kept when the cells of its perturbation gain
-        more than about ``K`` nats from it.
+        ``K`` of the Beta(1, K) prior on the mask probabilities: the prior odds against an edge
+        are ``K : 1``.  With the default estimator an edge is kept when the cells of its
+        perturbation give it more than ``log K`` nats of evidence (4.6 at K = 100) beyond the
+        slab's Occam factor; lower ``K`` for more edges, raise it for fewer.  ``K = 1`` is flat.
     mask_init_logit
         Initial logit of every mask probability (3.0: ``pi = 0.95``, every edge on at first).
     kl_estimator
-        ``"mixture"`` (default): a one-sample Monte Carlo KL to the exact mixture marginal
-        ``prod_i [pi_i N(mu_i, 1) + (1 - pi_i) N(0, 1)]``, no mask sampling, so the mask
-        probabilities get the exact gradient of the ELBO; ``"gumbel"`` (the paper's): the KL to
-        ``N(gamma mu, I)`` with masks sampled by a straight-through Gumbel-sigmoid, whose
-        gradient for a mask vanishes as its probability nears 1 while the Beta penalty's does
-        not.  On the paper's simulation (100 epochs) the mixture estimator recovered
-        MCC 0.97 / graph F1 1.00 against 0.87 / 0.91 (``workflows/recovery_sweep.md``).
+        ``"shared"`` (default): the mask is shared by all cells of a perturbation, and its
+        posterior inclusion probability is fitted, so evidence grows with the number of cells
+        (see :class:`~scperturb_vae.module.priors.SparseShiftPrior`);
+        :meth:`get_edge_evidence` gives each edge's log Bayes factor.  ``"mixture"`` (the
+        previous default): a point estimate of ``pi`` with the mask drawn per cell, where an
+        edge must gain about ``K`` nats, so weak and moderate effects get none.  ``"gumbel"``
+        (the paper's): masks sampled per cell by a straight-through Gumbel-sigmoid.
+    slab, slab_scale
+        The slab of the shifts (``"shared"`` only): ``"laplace"`` (default), whose ``|mu| / b``
+        cost aligns the latents with the perturbations, or ``"gaussian"``; ``slab_scale`` is
+        ``b`` (or the Gaussian's sd) in sd of the latent.
+    min_edge_share
+        The share of a perturbation's squared shift that an edge must carry (``"shared"``
+        only; 0.2: at most five equal targets).  With many cells even a small residual
+        component of a shift is significant; this keeps the graph to the latents a
+        perturbation mainly moves, and its pull is what aligns the latents with the
+        perturbations during training.  0 gives the pure evidence rule.
     temperature
         Gumbel-sigmoid temperature of the relaxed masks (``kl_estimator="gumbel"`` only).
 {_KWARGS_DOC}
@@ -80,13 +90,18 @@ class SVAEPlus(PerturbationModelBase):
         beta_k: float = 100.0,
         temperature: float = 1.0,
         mask_init_logit: float = 3.0,
-        kl_estimator: Literal["gumbel", "mixture"] = "mixture",
+        kl_estimator: Literal["shared", "mixture", "gumbel"] = "shared",
+        slab: Literal["laplace", "gaussian"] = "laplace",
+        slab_scale: float = 0.1,
+        min_edge_share: float = 0.2,
         **module_kwargs,
     ):
         n_pert = self._init_base(adata)
         prior = SparseShiftPrior(
             n_latent, n_pert, sparsity="beta", beta_k=beta_k, temperature=temperature,
-            mask_init_logit=mask_init_logit, kl_estimator=kl_estimator,
+            mask_init_logit=mask_init_logit, kl_estimator=kl_estimator, slab=slab, slab_scale=slab_scale,
+            min_edge_share=min_edge_share,
+            cell_counts=self._perturbation_cell_counts(),
         )
         self._build(prior, n_latent, likelihood, module_kwargs)
         self._model_summary_string = (
@@ -125,13 +140,14 @@ class SVAE(PerturbationModelBase):
         sparsity_penalty: float = 100.0,
         temperature: float = 1.0,
         mask_init_logit: float = 3.0,
-        kl_estimator: Literal["gumbel", "mixture"] = "mixture",
+        kl_estimator: Literal["shared", "mixture", "gumbel"] = "shared",
         **module_kwargs,
     ):
         n_pert = self._init_base(adata)
         prior = SparseShiftPrior(
             n_latent, n_pert, sparsity="l1", l1_strength=sparsity_penalty,
             temperature=temperature, mask_init_logit=mask_init_logit, kl_estimator=kl_estimator,
+            cell_counts=self._perturbation_cell_counts(),
         )
         self._build(prior, n_latent, likelihood, module_kwargs)
         self._model_summary_string = (

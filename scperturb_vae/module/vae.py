@@ -13,7 +13,7 @@ diagonal Gaussian from an MLP on ``log1p(x)``.
 
 Objective (per minibatch, to minimise)::
 
-    mean_cells[ -log p(x | z) + kl_weight * beta * KL_term ] + prior.penalty() / n_obs
+    mean_cells[ -log p(x | z) + kl_weight * beta * KL_term ] + kl_weight * prior.penalty() / n_obs
 
 where ``n_obs`` is the number of training cells, so the total is the negative ELBO of the
 whole screen divided by its size.  ``KL_term`` is the prior's own KL, or, with ``tc_beta``
@@ -229,7 +229,10 @@ class PerturbationVAEModule(BaseModuleClass):
         else:
             kl = self.prior.kl(qz, z, pert_idx)
         penalty = self.prior.penalty().to(x.device)
-        loss = torch.mean(rec + kl_weight * self.beta * kl) + penalty / max(n_obs, 1)
+        # the prior's dataset term (the masks' KL, the hyper-prior) is warmed up with the cells' KL:
+        # otherwise, while kl_weight is small, the evidence the cells give an edge is scaled down
+        # and the penalty is not, and every mask is switched off before the latents form
+        loss = torch.mean(rec + kl_weight * self.beta * kl) + kl_weight * penalty / max(n_obs, 1)
         return LossOutput(
             loss=loss,
             reconstruction_loss=rec,

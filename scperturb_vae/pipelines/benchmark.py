@@ -76,8 +76,11 @@ QUICK_SIZES: dict[str, int] = {
     "n_heldout": 0,
     "max_targets": 2,
 }
-#: ... the "programs" preset's genes per program (4 x 5 of the 40 genes) ...
+#: ... the "programs" and "realistic" presets' genes per program (4 x 5 of the 40 genes) ...
 QUICK_GENES_PER_PROGRAM = 5
+#: ... the "realistic" preset's other quick sizes ...
+QUICK_REALISTIC = {"n_pathways": 4, "n_control_cells": 120, "condition_genes": 0, "n_combinations": 1,
+                   "n_cells_per_combination": 30, "min_cells": 30, "max_cells": 120}
 #: ... and the training epochs
 QUICK_EPOCHS = 5
 
@@ -200,7 +203,7 @@ def run_benchmark(
     out
         The benchmark folder to create.
     preset
-        Simulation preset, ``"paper"`` or ``"programs"``.
+        Simulation preset, ``"paper"``, ``"programs"`` or ``"realistic"``.
     models
         Model names (``MODEL_NAMES`` of :mod:`scperturb_vae.model.registry`), a list or ``"svae+,vae"``.
     seeds
@@ -270,8 +273,10 @@ def _check_args(preset, models, seeds, n_latent, max_epochs, ll_cells, quick, si
     sim_args: dict[str, Any] = {}
     if quick:
         sim_args.update(QUICK_SIZES)
-        if preset == "programs":
+        if preset in ("programs", "realistic"):
             sim_args["genes_per_program"] = QUICK_GENES_PER_PROGRAM
+        if preset == "realistic":
+            sim_args.update(QUICK_REALISTIC)
         if max_epochs is None:
             max_epochs = QUICK_EPOCHS
     sim_args.update(sizes or {})
@@ -282,7 +287,7 @@ def _check_args(preset, models, seeds, n_latent, max_epochs, ll_cells, quick, si
 RESULT_METRICS = (
     "mcc_pearson", "mcc_spearman", "r2", "mig", "n_matched",
     "graph_precision", "graph_recall", "graph_f1", "graph_auroc", "graph_average_precision",
-    "graph_tp", "graph_fp", "graph_fn", "active_units", "validation_nll", "train_seconds",
+    "graph_tp", "graph_fp", "graph_fn", "graph_perturbation_recall", "graph_null_specificity", "active_units", "validation_nll", "train_seconds",
 )
 
 

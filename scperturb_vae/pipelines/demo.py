@@ -7,8 +7,9 @@
 3. adapt the held-out perturbations' prior parameters (networks frozen) and print the
    held-out likelihood table and the few-shot curve;
 4. simulate the ``programs`` screen (each latent drives its own gene program), train sVAE+;
-5. ``scvae interpret`` against the simulator's own gene programs: print the summary and how
-   many active latents have their true program as top enriched set.
+5. ``scvae interpret`` against the simulator's own gene programs: print the summary, how
+   many active latents have their true program as top enriched set, and the graph against
+   the data (DE genes per perturbation from the counts alone).
 
 Run ``python -m scperturb_vae.pipelines.demo --help`` for the options (``--quick`` is a small version
 for the test suite).
@@ -112,10 +113,15 @@ def run_demo(out: Path, *, quick: bool = False, max_epochs: int | None = None, s
           f"{match['n_correct']} of {match['n_active']} active latents ({100 * match['fraction']:.0f}%)")
     for line in interp["summary_lines"]:
         print("  " + line)
+    gv = interp["graph_vs_data"]
+    print(f"  graph against the data (interpretation/graph_vs_data.csv): {gv['n_with_effect']} perturbations have "
+          f"DE genes against control; graph and data agree on {gv['agree']}, {gv['effect without edge']} have an "
+          f"effect but no edge, {gv['edge without effect']} an edge but no effect; {gv['n_pairs_sharing_a_latent']} "
+          f"of {gv['n_correlated_pairs']} strongly correlated pairs share a latent")
     print(f"outputs ({time.perf_counter() - start:.0f} s): {out.resolve()}/")
     for name in ("sim.h5ad", "evaluation/ (nll.csv, nll.png, fewshot.png, runs/svae_plus, runs/vae)",
                  "programs.h5ad, programs.gmt, runs/programs_svae_plus/",
-                 "interpretation/ (summary.md, enrichment.csv, gene_effects.csv, plots)"):
+                 "interpretation/ (summary.md, enrichment.csv, gene_effects.csv, graph_vs_data.csv, plots)"):
         print(f"  {name}")
     return {"recovery": s["recovery"], "heldout": ev["table"], "fewshot": ev["fewshot"], "programs": match}
 

@@ -26,6 +26,12 @@ one output folder (built under a temporary name, renamed when complete):
 ``traversals.csv``
     :func:`scperturb_vae.model.interpretability.latent_traversal` of the plotted latents
     (long table).
+``graph_vs_data.csv``, ``graph_vs_data_pairs.csv``, ``graph_vs_data.png``
+    The graph against the data (:mod:`scperturb_vae.tl.graph_data`): per perturbation its
+    effect measured from the counts alone (DE genes against control, pseudobulk shift,
+    E-distance), its edges and evidence, and a verdict (``agree``, ``effect without edge``,
+    ``edge without effect``); the pairs of perturbations whose shifts correlate, and whether
+    they share a latent.
 ``summary.md``
     One line per latent: its top targeting perturbations, top genes up and down, top
     gene sets.
@@ -71,6 +77,7 @@ __all__ = ["OUTPUT_FILES", "interpret_run"]
 #: Files every interpretation folder holds (``perturbation_enrichment.csv`` only with groups).
 OUTPUT_FILES = (
     "gene_effects.csv", "enrichment.csv", "perturbation_targets.csv", "traversals.csv",
+    "graph_vs_data.csv", "graph_vs_data_pairs.csv", "graph_vs_data.png",
     "summary.md", "interpret.json", "graph_heatmap.png", "gene_effects_heatmap.png",
     "enrichment_dotplot.png", "traversals.png",
 )
@@ -141,6 +148,39 @@ def _record(settings: dict, run, names, genes, effects, enrichment, targets, gen
     }
 
 
+def _graph_check(run, threshold: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The graph against the counts of the run's cells: the table and the correlated pairs."""
+    from scperturb_vae.tl.graph_data import effect_pairs, graph_vs_data, perturbation_effects
+
+    model = run.model
+    setup = model.adata_manager.registry["setup_args"]
+    effects = perturbation_effects(  # within the batches the model was trained with, if any
+        run.adata, perturbation_key=model.perturbation_key, control_label=model.control_label,
+        layer=setup.get("layer"), covariate=setup.get("batch_key"), seed=seed,
+    )
+    table = graph_vs_data(effects, run.graph, evidence=model.get_edge_evidence(), threshold=threshold)
+    return table, effect_pairs(table, run.graph, threshold=threshold)
+
+
+def _graph_check_md(table: pd.DataFrame, pairs: pd.DataFrame) -> list[str]:
+    counts = table.attrs["counts"]
+    n_effect = int(table["has_effect"].sum())
+    md = ["", "## The graph against the data", "",
+          (f"{n_effect} of {len(table)} perturbations have a measurable effect on the counts "
+           f"(at least {table.attrs['min_de']} gene DE against control at FDR {table.attrs['fdr']:g}). "
+           f"Graph and data agree on {counts['agree']}; {counts['effect without edge']} have an effect "
+           f"but no edge, {counts['edge without effect']} an edge but no measurable effect"
+           + (f", {counts['not in graph']} are not in the graph (held out)." if counts["not in graph"] else ".")),
+          ""]
+    for row in table[table["verdict"].isin(["effect without edge", "edge without effect"])].itertuples(index=False):
+        md.append(f"- {row.perturbation}: {row.verdict} ({row.n_de} DE genes, {row.n_cells} cells, "
+                  f"strongest edge probability {row.max_probability:.2f})")
+    for row in pairs.head(10).itertuples(index=False):
+        shared = f"share {row.shared_latents}" if row.share_latent else "share no latent"
+        md.append(f"- {row.a} and {row.b}: shifts correlate {row.correlation:.2f} over {row.n_genes} genes; {shared}")
+    return md
+
+
 def _traversal_table(traversals: dict) -> pd.DataFrame:
     """The traversals as one long table: ``latent``, ``value``, ``gene``, ``log_expression``."""
     long = [
@@ -152,7 +192,7 @@ def _traversal_table(traversals: dict) -> pd.DataFrame:
     return pd.concat(long, ignore_index=True)[columns] if long else pd.DataFrame(columns=columns)
 
 
-def _summary_md(run_dir, run, names, genes, effects, record, threshold, lines, pert_enrichment) -> str:
+def _summary_md(run_dir, run, names, genes, effects, record, threshold, lines, pert_enrichment, check) -> str:
     title = f"Interpretation of run {Path(run_dir).name}"
     sources = ", ".join(f"{s} ({v['n_sets_tested']} sets, universe {v['universe']})"
                         for s, v in record["gene_sets"].items())
@@ -173,10 +213,18 @@ def _summary_md(run_dir, run, names, genes, effects, record, threshold, lines, p
         md += [f"- {r.latent}: {r.group}{' (' + r.description + ')' if r.description else ''}: "
                f"{r.overlap} of {r.n_targets} targets ({r.perturbations}), FDR {fmt_p(r.fdr)}"
                for r in best.itertuples(index=False)]
+    md += _graph_check_md(*check)
     return "\n".join(md) + "\n"
 
 
-def _write_tables(tmp: Path, effects, enrichment, targets, pert_enrichment, traversals, summary: str) -> None:
+def _write_tables(tmp: Path, effects, enrichment, targets, pert_enrichment, traversals, check, summary: str) -> None:
+    from scperturb_vae.pl.base import save
+    from scperturb_vae.pl.graph_data import graph_vs_data
+
+    table, pairs = check
+    table.to_csv(tmp / "graph_vs_data.csv", index=False)
+    pairs.to_csv(tmp / "graph_vs_data_pairs.csv", index=False)
+    save(graph_vs_data(table, threshold=table.attrs["threshold"]), tmp / "graph_vs_data.png")
     effects.to_csv(tmp / "gene_effects.csv")
     enrichment.to_csv(tmp / "enrichment.csv", index=False)
     targets.to_csv(tmp / "perturbation_targets.csv", index=False)
@@ -312,6 +360,10 @@ def interpret_run(
     traversals = _traversals(run.model, run.adata, chosen, effects, n_cells, seed)
     timing["traversals_s"] = time.perf_counter() - t
 
+    t = time.perf_counter()
+    check = _graph_check(run, threshold, seed)
+    timing["graph_vs_data_s"] = time.perf_counter() - t
+
     lines = summary_lines(effects, enrichment, targets, latent_sd=latent_sd)
     settings = {
         "run": str(Path(run_dir).resolve()), "gene_sets": [str(Path(p).resolve()) for p in _as_list(gene_set_paths)],
@@ -321,11 +373,14 @@ def interpret_run(
         "threshold": threshold, "organism": organism,
     }
     record = _record(settings, run, names, genes, effects, enrichment, targets, gene_sets, group_sets)
+    record["graph_vs_data"] = {**check[0].attrs["counts"], "n_with_effect": int(check[0]["has_effect"].sum()),
+                               "n_correlated_pairs": len(check[1]),
+                               "n_pairs_sharing_a_latent": int(check[1]["share_latent"].sum())}
 
     t = time.perf_counter()
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        summary = _summary_md(run_dir, run, names, genes, effects, record, threshold, lines, pert_enrichment)
-        _write_tables(tmp, effects, enrichment, targets, pert_enrichment, traversals, summary)
+        summary = _summary_md(run_dir, run, names, genes, effects, record, threshold, lines, pert_enrichment, check)
+        _write_tables(tmp, effects, enrichment, targets, pert_enrichment, traversals, check, summary)
         _write_plots(tmp, run_dir, run.graph, effects, enrichment, names, traversals)
         timing["write_s"] = time.perf_counter() - t
         timing["total_s"] = time.perf_counter() - start

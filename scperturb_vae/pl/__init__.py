@@ -15,6 +15,7 @@ figure alive, and a notebook shows it once, as the value of the cell (or with
 - :func:`latents`: an embedding (e.g. UMAP) coloured by each latent, one panel per latent;
 - :func:`latents_by_perturbation`: the mean of each latent per perturbation;
 - :func:`traversal`: decoded expression of top genes as a latent moves;
+- :func:`graph_vs_data`: the graph against the counts (:func:`scperturb_vae.tl.graph_vs_data`);
 - :func:`enrichment`: gene-set enrichment dot plot;
 - :func:`heldout_nll` and :func:`fewshot`: the held-out likelihood of
   :func:`scperturb_vae.tl.heldout_nll`.
@@ -28,8 +29,9 @@ with :mod:`.heldout`.  The pipelines write every PNG with :func:`scperturb_vae.p
 
 from scperturb_vae.pl.enrichment import enrichment
 from scperturb_vae.pl.graph import graph
+from scperturb_vae.pl.graph_data import graph_vs_data
 from scperturb_vae.pl.heldout import fewshot, heldout_nll
 from scperturb_vae.pl.latents import latents, latents_by_perturbation
 from scperturb_vae.pl.traversal import traversal
 
-__all__ = ["enrichment", "fewshot", "graph", "heldout_nll", "latents", "latents_by_perturbation", "traversal"]
+__all__ = ["enrichment", "fewshot", "graph", "graph_vs_data", "heldout_nll", "latents", "latents_by_perturbation", "traversal"]

@@ -49,7 +49,7 @@ from scperturb_vae.get.fitted import GENE_EFFECTS_SUFFIX, fitted_keys
 from scperturb_vae.model.registry import DEFAULT_KEYS
 from scperturb_vae.tl.evaluate import HeldoutResult, heldout_nll
 from scperturb_vae.tl.fit import embed, fit
-from scperturb_vae.tl.interpret import enrich, gene_effects, recovery
+from scperturb_vae.tl.interpret import enrich, gene_effects, graph_vs_data, recovery
 from scperturb_vae.tl.store import default_key
 
 __all__ = [
@@ -62,6 +62,7 @@ __all__ = [
     "fit",
     "fitted_keys",
     "gene_effects",
+    "graph_vs_data",
     "heldout_nll",
     "recovery",
 ]

@@ -185,8 +185,15 @@ def _posterior(module, cells: HeldoutCells, batch_size: int) -> tuple[torch.Tens
 
 
 def _adaptation_kl(prior: Prior, qz, z, pert_idx) -> torch.Tensor:
-    """Per-cell KL under the exact prior marginal (closed form where there is one)."""
+    """Per-cell KL of the training objective, in closed form where there is one.
+
+    sVAE+'s shared-mask estimator is closed form and is the one it was trained with (the same
+    graph rule for the new perturbations); its per-cell estimators (mixture, Gumbel) are
+    replaced by the exact mixture marginal, which needs no mask samples.
+    """
     if isinstance(prior, ConditionalGaussianPrior):
+        return prior.kl(qz, z, pert_idx)
+    if isinstance(prior, SparseShiftPrior) and prior.kl_estimator == "shared":
         return prior.kl(qz, z, pert_idx)
     return Prior.kl(prior, qz, z, pert_idx)
 
@@ -215,6 +222,8 @@ def adapt_prior(
     n_old = prior.n_perturbations - n_new
     loc, scale = _posterior(module, cells, batch_size)
     pert_idx = cells.pert_idx
+    if isinstance(prior, SparseShiftPrior):  # the slab's Occam factor counts the adaptation cells
+        prior.set_cell_counts(pert_idx, rows=slice(n_old, None))
     params = [p for p in prior.parameters() if p.requires_grad]
     saved = {id(p): p.requires_grad for p in module.parameters()}
     for p in module.parameters():

@@ -240,3 +240,63 @@ def recovery(adata, *, key: str | None = None, truth_key: str = "z_true") -> dic
     entry["recovery"] = writable(result)
     adata.uns[key] = entry
     return result
+
+
+def graph_vs_data(
+    adata,
+    *,
+    key: str | None = None,
+    layer: str | None = None,
+    covariate: str | None = None,
+    fdr: float = 0.05,
+    threshold: float = 0.5,
+    min_correlation: float = 0.8,
+    seed: int = 0,
+    copy: bool = False,
+):
+    """Check a fitted model's graph against what the counts show, with no ground truth.
+
+    ``covariate`` (default: the model's ``batch_key``) is compared within, so that e.g. an
+    uneven share of stimulated cells is not read as an effect.
+
+    :func:`scperturb_vae.tl.graph_data.perturbation_effects` (DE genes against control, the
+    pseudobulk shift, the E-distance; from ``adata``'s raw counts, in ``X`` or ``layer``,
+    default the layer the model was fitted on) joined to the graph of ``uns[key]`` by
+    :func:`scperturb_vae.tl.graph_data.graph_vs_data`, and the correlated pairs of
+    :func:`scperturb_vae.tl.graph_data.effect_pairs`.
+
+    Returns
+    -------
+    pandas.DataFrame, or (adata copy, DataFrame) with ``copy=True``
+        One row per perturbation, with its ``verdict`` (``attrs["counts"]``: the verdicts
+        counted, ``attrs["pairs"]``: the correlated pairs).
+
+    Writes
+    ------
+    ``adata.uns[key]["graph_vs_data"]``
+        The table (without its attrs); ``uns[key]["graph_vs_data_pairs"]``: the pairs.
+    """
+    from scperturb_vae.tl.graph_data import effect_pairs, perturbation_effects
+    from scperturb_vae.tl.graph_data import graph_vs_data as join
+
+    check_adata(adata)
+    key = resolve_key(adata, key, "tl.graph_vs_data")
+    entry = adata.uns[key]
+    if copy:
+        adata = adata.copy()
+    effects = perturbation_effects(
+        adata, perturbation_key=str(entry["perturbation_key"]), control_label=str(entry["control_label"]),
+        layer=layer if layer is not None else entry.get("layer"), fdr=fdr, seed=seed,
+        covariate=covariate if covariate is not None else entry.get("batch_key"),
+    )
+    learned = read_graph(adata, key)
+    evidence = entry.get("edge_evidence")
+    table = join(effects, learned, evidence=evidence if isinstance(evidence, pd.DataFrame) else None,
+                 threshold=threshold)
+    pairs = effect_pairs(table, learned, min_correlation=min_correlation, threshold=threshold)
+    table.attrs["pairs"] = pairs
+    entry = dict(adata.uns[key])
+    entry["graph_vs_data"] = pd.DataFrame(table.to_dict("list"))
+    entry["graph_vs_data_pairs"] = pairs
+    adata.uns[key] = entry
+    return (adata, table) if copy else table

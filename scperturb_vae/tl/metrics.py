@@ -351,8 +351,10 @@ def graph_scores(true_graph: pd.DataFrame, learned_graph: pd.DataFrame, assignme
     -------
     dict
         ``precision``, ``recall``, ``f1``, ``tp``, ``fp``, ``fn`` (at the threshold),
-        ``auroc``, ``average_precision`` (threshold-free) and ``n_perturbations`` (rows
-        compared).
+        ``auroc``, ``average_precision`` (threshold-free), ``n_perturbations`` (rows
+        compared), ``perturbation_recall`` (the share of perturbations with a true effect
+        that have an edge, on any latent) and ``null_specificity`` (the share of
+        perturbations without a true effect that have none; NaN without such).
     """
     truth, matched_scores, extra_scores = _matched_graph(true_graph, learned_graph, assignment)
     matched = matched_scores > threshold
@@ -365,7 +367,12 @@ def graph_scores(true_graph: pd.DataFrame, learned_graph: pd.DataFrame, assignme
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     labels = np.r_[truth.ravel(), np.zeros(extra_scores.size, dtype=bool)]
     scores = np.r_[matched_scores.ravel(), extra_scores.ravel()]
+    rows = [p for p in true_graph.index if p in learned_graph.index]
+    any_edge = (learned_graph.loc[rows].to_numpy(dtype=float) > threshold).any(axis=1)
+    effective = truth.any(axis=1)
     return {
+        "perturbation_recall": float(any_edge[effective].mean()) if effective.any() else float("nan"),
+        "null_specificity": float((~any_edge[~effective]).mean()) if (~effective).any() else float("nan"),
         "precision": precision,
         "recall": recall,
         "f1": f1,

@@ -124,6 +124,7 @@ def store(adata, key: str, model, latent: np.ndarray, graph: pd.DataFrame, param
         "layer": setup_value(model, "layer"),
         "batch_key": setup_value(model, "batch_key"),
         "intervention_graph": graph.astype(np.float64),
+        "edge_evidence": model.get_edge_evidence(),
         "params": params,
         "versions": package_versions(),
         **extra,

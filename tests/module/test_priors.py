@@ -140,9 +140,8 @@ def test_sparse_kl_expectation_over_gumbel_masks():
 
 
 def test_sparse_mixture_kl_is_unbiased_for_the_kl_to_the_exact_mixture():
-    """The default estimator: E_{z~q}[log q(z) - log p(z|a)] = KL(q || mixture), by quadrature."""
-    prior = _sparse_prior(n_latent=1, n_pert=1)
-    assert prior.kl_estimator == "mixture"
+    """The per-cell mixture estimator: E_{z~q}[log q(z) - log p(z|a)] = KL(q || mixture), by quadrature."""
+    prior = _sparse_prior(n_latent=1, n_pert=1, kl_estimator="mixture")
     prior.train()
     qz = Normal(torch.tensor([[1.2]], dtype=torch.float64), torch.tensor([[0.6]], dtype=torch.float64))
     torch.manual_seed(0)
@@ -169,17 +168,17 @@ def test_gumbel_sigmoid_hard_is_bernoulli_with_straight_through_gradient():
 
 @pytest.mark.parametrize("k", [1.0, 5.0, 100.0])
 def test_beta_penalty_is_negative_beta_log_density(k):
-    prior = _sparse_prior(sparsity="beta", beta_k=k)
+    prior = _sparse_prior(sparsity="beta", beta_k=k, kl_estimator="mixture")
     pi = torch.sigmoid(prior.mask_logit).detach().numpy()
     expected = -stats.beta(1.0, k).logpdf(pi).sum()
     assert prior.penalty().item() == pytest.approx(expected, rel=1e-9)
 
 
 def test_flat_beta_has_no_sparsity_gradient_and_larger_k_pushes_masks_off():
-    flat = _sparse_prior(beta_k=1.0)
+    flat = _sparse_prior(beta_k=1.0, kl_estimator="mixture")
     flat.penalty().backward()
     assert torch.count_nonzero(flat.mask_logit.grad) == 0
-    sparse = _sparse_prior(beta_k=50.0)
+    sparse = _sparse_prior(beta_k=50.0, kl_estimator="mixture")
     sparse.penalty().backward()
     assert torch.all(sparse.mask_logit.grad > 0)  # gradient descent lowers every logit
 
@@ -230,3 +229,88 @@ def test_numpy_reference_of_two_component_mixture():
     z = torch.tensor([[0.7]], dtype=torch.float64)
     expected = np.log(0.3 * stats.norm.pdf(0.7, 2.0) + 0.7 * stats.norm.pdf(0.7, 0.0))
     assert prior.log_prob(z, torch.tensor([[0]])).item() == pytest.approx(expected, rel=1e-12)
+
+
+# --------------------------------------------------------------------------- the shared-mask estimator
+def test_shared_kl_is_the_expectation_over_the_masks():
+    """rho KL(q || N(mu, 1)) + (1 - rho) KL(q || N(0, 1)) per latent; all 4 configurations for A+B."""
+    prior = _sparse_prior(n_latent=3, n_pert=4)
+    assert prior.kl_estimator == "shared"
+    loc = torch.randn(4, 3, dtype=torch.float64)
+    scale = torch.rand(4, 3, dtype=torch.float64) + 0.3
+    qz = Normal(loc, scale)
+    got = prior.kl(qz, loc, PERT_IDX)
+    rho, mu = torch.sigmoid(prior.mask_logit).detach(), prior.shift.detach()
+    var = scale.square()
+    single = lambda a, i: rho[a] * gaussian_kl(loc[i], var[i], mu[a]) + (1 - rho[a]) * gaussian_kl(loc[i], var[i])
+    torch.testing.assert_close(got[0], gaussian_kl(loc[0], var[0]).sum())
+    torch.testing.assert_close(got[1], single(0, 1).sum())
+    combo = sum(w * gaussian_kl(loc[3], var[3], m) for w, m in [
+        (rho[1] * rho[3], mu[1] + mu[3]), (rho[1] * (1 - rho[3]), mu[1]),
+        ((1 - rho[1]) * rho[3], mu[3]), ((1 - rho[1]) * (1 - rho[3]), 0.0)])
+    torch.testing.assert_close(got[3], combo.sum())
+
+
+def _fit_edges(n_cells: int, shift: float, n_steps: int = 600, **kw) -> SparseShiftPrior:
+    """Fit one perturbation's shift and mask on fixed latents z ~ N(shift * e_0, 1) (2 latents)."""
+    torch.manual_seed(1)
+    prior = SparseShiftPrior(2, 1, cell_counts=torch.tensor([float(n_cells)]), **kw)
+    z = torch.randn(n_cells, 2)
+    z[:, 0] += shift
+    qz = Normal(z, torch.full_like(z, 0.05))
+    idx = torch.zeros(n_cells, 1, dtype=torch.long)
+    opt = torch.optim.Adam(prior.parameters(), lr=0.05)
+    for _ in range(n_steps):
+        opt.zero_grad()
+        (prior.kl(qz, z, idx).sum() + prior.penalty()).backward()
+        opt.step()
+    return prior
+
+
+def test_shared_masks_gain_evidence_with_cells_and_nulls_get_no_edge():
+    """The same weak shift (0.5 sd) is kept with 200 cells, not with 10; a null gets no edge."""
+    many = _fit_edges(200, 0.5)
+    few = _fit_edges(10, 0.5)
+    null = _fit_edges(200, 0.0)
+    assert many.intervention_graph()[0, 0] > 0.9 and many.intervention_graph()[0, 1] < 0.1
+    assert few.intervention_graph()[0, 0] < 0.5
+    assert (null.intervention_graph() < 0.1).all()
+    # the evidence is the log Bayes factor: about n c^2 / 2 minus the slab's cost, far above log K
+    evidence = many.edge_evidence().detach()
+    assert 5.0 < evidence[0, 0] < 0.5 * 200 * 0.25 and evidence[0, 1] < 0
+    assert abs(many.shift[0, 0].item() - 0.5) < 0.15
+
+
+def test_mixture_estimator_drops_the_same_weak_edge():
+    """The per-cell mixture with K = 100 needs ~K nats: the 0.5 sd shift on 200 cells has none."""
+    mixture = _fit_edges(200, 0.5, kl_estimator="mixture")
+    assert mixture.intervention_graph()[0, 0] < 0.5
+
+
+def test_min_edge_share_keeps_the_main_target_only():
+    torch.manual_seed(0)
+    prior = SparseShiftPrior(2, 1, cell_counts=torch.tensor([300.0]))
+    z = torch.randn(300, 2) + torch.tensor([2.0, 0.3])  # a residual 0.3 sd beside a 2 sd shift
+    qz, idx = Normal(z, torch.full_like(z, 0.05)), torch.zeros(300, 1, dtype=torch.long)
+    for share, kept in ((0.2, [True, False]), (0.0, [True, True])):
+        p = SparseShiftPrior(2, 1, cell_counts=torch.tensor([300.0]), min_edge_share=share)
+        opt = torch.optim.Adam(p.parameters(), lr=0.05)
+        for _ in range(600):
+            opt.zero_grad()
+            (p.kl(qz, z, idx).sum() + p.penalty()).backward()
+            opt.step()
+        assert ((p.intervention_graph()[0] > 0.5).tolist()) == kept, share
+    assert prior.edge_evidence() is not None
+
+
+def test_cell_counts_follow_new_perturbations():
+    prior = SparseShiftPrior(2, 2, cell_counts=torch.tensor([5.0, 7.0]))
+    prior.add_perturbations(2)
+    assert prior.cell_counts.tolist() == [5.0, 7.0, 0.0, 0.0]
+    prior.set_cell_counts(torch.tensor([[2, -1], [3, 2], [3, -1]]), rows=slice(2, None))
+    assert prior.cell_counts.tolist() == [5.0, 7.0, 2.0, 2.0]
+    with pytest.raises(ValueError):
+        SparseShiftPrior(2, 2, cell_counts=torch.ones(3))
+    with pytest.raises(ValueError):
+        SparseShiftPrior(2, 2, slab="cauchy")
+    assert SparseShiftPrior(2, 2, kl_estimator="mixture").edge_evidence() is None
