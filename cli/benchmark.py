@@ -13,7 +13,7 @@ from ._common import OverwriteOpt, quiet_third_party_warnings, setup_logging, us
 def benchmark(
     ctx: typer.Context,
     out: Annotated[Path, typer.Option("--out", "-o", help="Benchmark folder to create.", show_default=False)],
-    preset: Annotated[str, typer.Option("--preset", help="Simulation preset: 'paper' or 'programs'.")] = "paper",
+    preset: Annotated[str, typer.Option("--preset", help="Simulation preset: 'paper', 'programs' or 'realistic'.")] = "paper",
     models: Annotated[str, typer.Option("--models", "-m", help="Comma-separated models among svae+, svae, ivae, vae.")] = "svae+,svae,ivae,vae",
     seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds: one simulated screen and one training seed each.")] = "0,1,2",
     max_epochs: Annotated[
@@ -40,6 +40,8 @@ def benchmark(
       scvae benchmark --out bench --seeds 0,1,2 --max-epochs 100
 
       scvae benchmark --out smoke --quick --models svae+,vae --seeds 0,1
+
+      scvae benchmark --out real --preset realistic --models svae+ --seeds 0,1,2 --max-epochs 100 --ll-cells 0
     """
     setup_logging()
     with user_errors(ctx):

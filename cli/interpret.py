@@ -54,8 +54,12 @@ def interpret(
     latent standard deviation), OUT/enrichment.csv (over-representation and rank-sum
     tests, up and down, sorted by latent then FDR), OUT/perturbation_targets.csv,
     OUT/perturbation_enrichment.csv (with --groups), OUT/traversals.csv, OUT/summary.md,
-    OUT/interpret.json and four plots. OUT appears only when complete. The summary lines
-    are printed on stdout.
+    OUT/interpret.json and four plots. It also checks the graph against the data:
+    OUT/graph_vs_data.csv (per perturbation: DE genes against control from the counts
+    alone, within the run's batches; pseudobulk shift; E-distance; its edges; a verdict),
+    OUT/graph_vs_data_pairs.csv (correlated perturbations and whether they share a latent)
+    and OUT/graph_vs_data.png. OUT appears only when complete. The summary lines are
+    printed on stdout.
 
     Examples:
 

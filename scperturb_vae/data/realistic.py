@@ -11,9 +11,10 @@ the graph on real screens:
   ``s = saturation``), ``base_g ~ N(0, base_sd)``, ``|W_g| ~ U(weight_min, weight_max)`` with
   a random sign.  Control cells have ``z ~ N(0, I)``: the latents also vary between cells
   without any perturbation, as cell states do.
-- **Pathways.**  ``n_pathways`` pathways, each targeting ``min_targets``-``max_targets``
-  latents with a fixed sign; each of the first ``n_latent`` has its own primary latent, so
-  that every latent can be told apart from the others by the perturbations that move it.  A fraction ``null_fraction`` of the perturbations does
+- **Pathways.**  ``n_pathways`` pathways, each moving its target latents with a fixed sign.
+  The first ``n_latent`` move one latent each (every latent is moved alone by one pathway,
+  so the graph is identifiable by its sparsity); the others move ``min_targets``-
+  ``max_targets`` latents at random, shared with those.  A fraction ``null_fraction`` of the perturbations does
   nothing; every other one belongs to a pathway and shifts all of the pathway's latents by
   its own effect size, log-uniform in ``[shift_min, shift_max]`` sd (times a +-20% jitter
   per latent), so members of one pathway correlate.
@@ -61,8 +62,8 @@ BACKGROUND = "none"  # var["program"] of genes outside every program, as in the 
 #: defaults of the ``"realistic"`` preset; every key is a keyword of :func:`simulate_realistic`
 REALISTIC_DEFAULTS: dict[str, Any] = {
     "n_latent": 10,
-    "n_pathways": 10,
-    "min_targets": 1,
+    "n_pathways": 14,
+    "min_targets": 2,
     "max_targets": 2,
     "n_perturbations": 60,
     "null_fraction": 0.4,
@@ -140,16 +141,21 @@ def _resolve(overrides: Mapping[str, Any]) -> dict[str, Any]:
 def _pathway_targets(rng: np.random.Generator, p: dict[str, Any], covered_by: np.ndarray) -> np.ndarray:
     """``(n_pathways, n_latent)`` signed targets (+-1, 0 off); every latent covered when asked.
 
-    The first ``min(n_pathways, n_latent)`` pathways each have their own primary latent (a
-    random permutation), so that every latent is the primary target of one pathway and the
-    graph is identifiable; a pathway's other targets are drawn at random.
+    The first ``min(n_pathways, n_latent)`` pathways each move one latent of their own (a random
+    permutation), so that every latent is moved alone by some pathway and the graph is
+    identifiable by its sparsity; the other pathways move ``min_targets``-``max_targets``
+    latents drawn at random (sharing them with the single-latent pathways).  Without the
+    single-latent pathways, a latent that only ever moves together with another one cannot
+    be told apart from it: the sparsest basis is then not the true one.
     """
     n_path, n_lat = p["n_pathways"], p["n_latent"]
+    n_pure = min(n_path, n_lat)
     for _ in range(_MAX_DRAWS):
         counts = rng.integers(p["min_targets"], p["max_targets"] + 1, size=n_path)
+        counts[:n_pure] = 1
         scores = rng.random((n_path, n_lat))
-        primary = rng.permutation(n_lat)[: min(n_path, n_lat)]
-        scores[np.arange(primary.size), primary] = -1.0  # ranked first
+        primary = rng.permutation(n_lat)[:n_pure]
+        scores[np.arange(n_pure), primary] = -1.0  # ranked first
         ranks = np.argsort(np.argsort(scores, axis=1), axis=1)
         on = ranks < counts[:, None]
         if not p["cover_latents"] or on[covered_by].any(axis=0).all():

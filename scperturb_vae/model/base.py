@@ -29,13 +29,17 @@ from scperturb_vae.train.plan import PerturbationTrainingPlan
 
 logger = logging.getLogger("scperturb_vae")
 
-__all__ = ["MODULE_OPTIONS", "PerturbationModelBase", "default_kl_warmup", "latent_names"]
+__all__ = ["MIN_ALIGN_EPOCHS", "MODULE_OPTIONS", "PerturbationModelBase", "default_kl_warmup", "latent_names"]
 
 #: options of the shared module that every model passes through ``**module_kwargs``
 MODULE_OPTIONS = {
     "n_hidden", "n_layers", "dropout_rate", "encode_perturbation", "encoder_norm", "decoder_norm",
 }
 
+
+
+#: the fewest epochs of a run that aligns its latents (see ``train(align_latents=...)``)
+MIN_ALIGN_EPOCHS = 10
 
 
 def default_kl_warmup(max_epochs: int) -> int:
@@ -190,7 +194,7 @@ class PerturbationModelBase(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
         n_epochs_kl_warmup: int | None = None,
         batch_size: int = 128,
         plan_kwargs: dict | None = None,
-        align_latents: float | None = 0.4,
+        align_latents: float | tuple[float, ...] | None = 0.4,
         **kwargs,
     ):
         """Train with scvi-tools' trainer (all its options pass through).
@@ -215,6 +219,8 @@ class PerturbationModelBase(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
             sVAE+ / sVAE with the shared-mask estimator: after this fraction of the epochs,
             rotate the latents once into the basis where the perturbations' shifts are
             sparsest (:class:`~scperturb_vae.train.align.AlignLatents`); ``None`` or 0: never.
+            Runs shorter than :data:`MIN_ALIGN_EPOCHS` are not aligned: their shifts are
+            still noise, and the rotation would be chosen by it.
         **kwargs
             Passed to :meth:`scvi.model.base.UnsupervisedTrainingMixin.train` (``accelerator``,
             ``devices``, ``early_stopping``, ``train_size``, Lightning trainer arguments...).
@@ -230,8 +236,8 @@ class PerturbationModelBase(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
         }
         plan.update(plan_kwargs or {})
         prior = self.module.prior
-        if align_latents and getattr(prior, "kl_estimator", None) == "shared" and max_epochs >= 2:
-            kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), AlignLatents(at=float(align_latents))]
+        if align_latents and getattr(prior, "kl_estimator", None) == "shared" and max_epochs >= MIN_ALIGN_EPOCHS:
+            kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), AlignLatents(at=align_latents)]
         result = super().train(max_epochs=max_epochs, batch_size=batch_size, plan_kwargs=plan, **kwargs)
         self.recalibrate_batch_norm(batch_size=batch_size)
         return result

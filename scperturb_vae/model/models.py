@@ -68,15 +68,15 @@ class SVAEPlus(PerturbationModelBase):
         edge must gain about ``K`` nats, so weak and moderate effects get none.  ``"gumbel"``
         (the paper's): masks sampled per cell by a straight-through Gumbel-sigmoid.
     slab, slab_scale
-        The slab of the shifts (``"shared"`` only): ``"laplace"`` (default), whose ``|mu| / b``
-        cost aligns the latents with the perturbations, or ``"gaussian"``; ``slab_scale`` is
-        ``b`` (or the Gaussian's sd) in sd of the latent.
+        The slab of the shifts (``"shared"`` only): ``"gaussian"`` (default, ``mu ~ N(0, s^2)``)
+        or ``"laplace"`` (``Laplace(0, b)``, an L1 pull that also shrinks each shift by
+        ``1 / (n b)``); ``slab_scale`` is ``s`` or ``b``, in sd of the latent.
     min_edge_share
         The share of a perturbation's squared shift that an edge must carry (``"shared"``
-        only; 0.2: at most five equal targets).  With many cells even a small residual
+        only; 0.1: at most ten equal targets).  With many cells even a small residual
         component of a shift is significant; this keeps the graph to the latents a
-        perturbation mainly moves, and its pull is what aligns the latents with the
-        perturbations during training.  0 gives the pure evidence rule.
+        perturbation mainly moves, not the residuals of an imperfect alignment.  0 gives
+        the pure evidence rule.
     temperature
         Gumbel-sigmoid temperature of the relaxed masks (``kl_estimator="gumbel"`` only).
 {_KWARGS_DOC}
@@ -91,9 +91,9 @@ class SVAEPlus(PerturbationModelBase):
         temperature: float = 1.0,
         mask_init_logit: float = 3.0,
         kl_estimator: Literal["shared", "mixture", "gumbel"] = "shared",
-        slab: Literal["laplace", "gaussian"] = "laplace",
-        slab_scale: float = 0.1,
-        min_edge_share: float = 0.2,
+        slab: Literal["gaussian", "laplace"] = "gaussian",
+        slab_scale: float = 1.0,
+        min_edge_share: float = 0.1,
         **module_kwargs,
     ):
         n_pert = self._init_base(adata)

@@ -59,6 +59,8 @@ SUMMARY_METRICS: dict[str, str] = {
     "graph_precision": "graph precision",
     "graph_recall": "graph recall",
     "graph_auroc": "graph AUROC",
+    "graph_perturbation_recall": "effects with an edge",
+    "graph_null_specificity": "nulls without",
     "active_units": "active units",
     "validation_nll": "validation NLL",
     "train_seconds": "train s",

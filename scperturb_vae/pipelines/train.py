@@ -12,6 +12,9 @@ and other commands get the same outputs.  The run folder ``runs/NAME/`` holds:
     the latent names, ``uns["scvae"]`` the intervention graph and the run's settings.
 ``intervention_graph.csv``
     Perturbations (as labelled in the input) x latents, values in [0, 1].
+``edge_evidence.csv``
+    sVAE+ / sVAE (shared-mask estimator): the same table of log Bayes factors in nats, the
+    evidence the perturbation's cells gave each edge (an edge is drawn above ``log K``).
 ``history.csv`` and ``loss_curve.png``
     The training curves, one row per epoch.
 ``run.json``
@@ -521,6 +524,9 @@ def train_run(
         model.save(str(tmp / "model"), save_anndata=False)
         latent_adata.write_h5ad(tmp / "latent.h5ad")
         graph.to_csv(tmp / "intervention_graph.csv")
+        evidence = model.get_edge_evidence()
+        if evidence is not None:
+            evidence.to_csv(tmp / "edge_evidence.csv")
         hist.to_csv(tmp / "history.csv")
         save(loss_curve(hist, f"{type(model).__name__} on {Path(settings.adata).name}"), tmp / "loss_curve.png")
         write_json(summary, tmp / "run.json")

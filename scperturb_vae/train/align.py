@@ -24,7 +24,6 @@ import logging
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
-from scvi import REGISTRY_KEYS
 
 from scperturb_vae.module.priors import SparseShiftPrior
 
@@ -147,21 +146,21 @@ class AlignLatents(Callback):
     Parameters
     ----------
     at
-        Fraction of the epochs after which to align (0.4: after the KL warm-up, leaving the
+        Fraction(s) of the epochs after which to align (0.4: after the KL warm-up, leaving the
         rest to re-learn the masks).
     """
 
-    def __init__(self, at: float = 0.4):
+    def __init__(self, at: float | tuple[float, ...] = 0.4):
         super().__init__()
-        self.at = float(at)
+        self.at = tuple(float(a) for a in (at if isinstance(at, (tuple, list)) else (at,)))
         self.rotation: np.ndarray | None = None
 
-    def _epoch(self, trainer) -> int:
-        return max(1, int(round(self.at * (trainer.max_epochs or 1))))
+    def _epochs(self, trainer) -> set[int]:
+        return {max(1, int(round(a * (trainer.max_epochs or 1)))) for a in self.at}
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         module = pl_module.module
-        if not isinstance(module.prior, SparseShiftPrior) or trainer.current_epoch + 1 != self._epoch(trainer):
+        if not isinstance(module.prior, SparseShiftPrior) or trainer.current_epoch + 1 not in self._epochs(trainer):
             return
         shifts, counts = perturbation_mean_shifts(module, trainer.train_dataloader)
         weighted = shifts * np.sqrt(counts)[:, None]

@@ -11,7 +11,7 @@ from scperturb_vae.data.realistic import REALISTIC_DEFAULTS
 from scperturb_vae.data.simulate import graph_from_adata, programs_to_gene_sets, simulate_screen
 from scperturb_vae.errors import InputError
 
-SMALL = dict(n_latent=5, n_pathways=5, n_perturbations=20, n_genes=300, genes_per_program=30,
+SMALL = dict(n_latent=5, n_pathways=7, n_perturbations=20, n_genes=300, genes_per_program=30,
              n_control_cells=400, n_cells_per_perturbation=120, n_heldout=2, condition_genes=30)
 
 
@@ -50,6 +50,10 @@ def test_pathway_members_share_targets_and_nulls_have_none(small):
         if k != "none":
             groups.setdefault(k, []).append(tuple(graph.loc[p]))
     assert all(len(set(rows)) == 1 for rows in groups.values())  # one pathway, one target set
+    # every latent is moved alone by some pathway (identifiable by sparsity), others share latents
+    singles = {np.flatnonzero(rows[0])[0] for rows in groups.values() if sum(rows[0]) == 1}
+    assert singles == set(range(SMALL["n_latent"]))
+    assert any(sum(rows[0]) == 2 for rows in groups.values())
 
 
 def test_counts_are_overdispersed_and_programs_move_with_their_latent(small):

@@ -242,7 +242,10 @@ def test_shared_kl_is_the_expectation_over_the_masks():
     got = prior.kl(qz, loc, PERT_IDX)
     rho, mu = torch.sigmoid(prior.mask_logit).detach(), prior.shift.detach()
     var = scale.square()
-    single = lambda a, i: rho[a] * gaussian_kl(loc[i], var[i], mu[a]) + (1 - rho[a]) * gaussian_kl(loc[i], var[i])
+
+    def single(a, i):
+        return rho[a] * gaussian_kl(loc[i], var[i], mu[a]) + (1 - rho[a]) * gaussian_kl(loc[i], var[i])
+
     torch.testing.assert_close(got[0], gaussian_kl(loc[0], var[0]).sum())
     torch.testing.assert_close(got[1], single(0, 1).sum())
     combo = sum(w * gaussian_kl(loc[3], var[3], m) for w, m in [

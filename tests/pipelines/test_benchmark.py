@@ -271,3 +271,19 @@ def test_markdown_summary_with_one_seed():
     md = markdown_summary(summary)
     row = md.splitlines()[2]
     assert row.startswith("| vae | 1 | 0.500 |") and "±" not in row and "n/a" in row
+
+
+def test_quick_realistic_benchmark_reports_the_perturbation_level_graph(runner, tmp_path):
+    out = tmp_path / "real"
+    result = invoke(runner, "benchmark", "--quick", "--preset", "realistic", "--models", "svae+", "--seeds", "0",
+                    "--ll-cells", "0", "--out", out)
+    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+    results = pd.read_csv(out / "results.csv")
+    truth = graph_from_adata(ad.read_h5ad(out / "data" / "realistic_seed0.h5ad"))
+    learned = pd.read_csv(out / "runs" / "svae+_seed0" / "intervention_graph.csv", index_col=0) > 0.5
+    effective = truth.any(axis=1)
+    has_edge = learned.loc[truth.index].any(axis=1)
+    row = results.iloc[0]
+    assert row["graph_perturbation_recall"] == pytest.approx(has_edge[effective].mean())
+    assert row["graph_null_specificity"] == pytest.approx((~has_edge[~effective]).mean())
+    assert "effects with an edge" in (out / "summary.md").read_text()

@@ -15,6 +15,7 @@ def test_demo_quick_runs_end_to_end(tmp_path, capsys):
     for step in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"):
         assert step in out
     assert "MCC" in out and "heldout_adapted" in out and "top enriched set" in out
+    assert "graph against the data" in out
     demo = tmp_path / "demo"
     run = demo / "evaluation" / "runs" / "svae_plus"
     summary = json.loads((run / "run.json").read_text())
@@ -24,3 +25,4 @@ def test_demo_quick_runs_end_to_end(tmp_path, capsys):
     assert set(table["model"]) == {"svae+", "vae"} and table["nll"].notna().all()
     assert (demo / "interpretation" / "summary.md").exists()
     assert (demo / "interpretation" / "enrichment.csv").exists()
+    assert (demo / "interpretation" / "graph_vs_data.csv").exists()

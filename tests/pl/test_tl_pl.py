@@ -93,7 +93,7 @@ def test_fit_writes_latents_graph_and_settings(fitted, sim):
     assert "layer" not in entry and "batch_key" not in entry  # None values are left out
     p = entry["params"]
     assert p["n_latent"] == N_LATENT and p["max_epochs"] == EPOCHS and p["seed"] == 0 and p["lr"] == 1e-3
-    assert p["init_params"]["beta_k"] == 100.0 and p["init_params"]["kl_estimator"] == "mixture"
+    assert p["init_params"]["beta_k"] == 100.0 and p["init_params"]["kl_estimator"] == "shared"
     assert entry["training"]["epochs"] == EPOCHS
     assert entry["training"]["n_train_cells"] + entry["training"]["n_validation_cells"] == sim.n_obs
     assert np.isfinite(entry["training"]["final_metrics"]["train_loss"])
@@ -515,3 +515,27 @@ def test_heldout_plots(heldout, tmp_path):
     with pytest.raises(InputError):
         pl.fewshot(result.table)  # not the few-shot table
     assert isinstance(sv.pl.heldout_nll(result), Figure)
+
+
+def test_graph_vs_data_in_the_anndata_and_its_plot(fitted, tmp_path):
+    adata, model = fitted
+    work = adata.copy()
+    table = tl.graph_vs_data(work)
+    graph = work.uns["svae"]["intervention_graph"]
+    assert sorted(table["perturbation"]) == sorted(graph.index)  # one row per perturbation of the screen
+    assert set(table["verdict"]) <= {"agree", "effect without edge", "edge without effect", "not in graph"}
+    # the paper design's 5-sd shifts are visible in the counts of every perturbation
+    assert table["has_effect"].all() and (table["n_de"] > 0).all()
+    on = table.set_index("perturbation")["n_edges"] > 0
+    verdict = table.set_index("perturbation")["verdict"]
+    assert ((verdict == "agree") == on).all()
+    stored = work.uns["svae"]["graph_vs_data"]
+    assert list(stored["perturbation"]) == list(table["perturbation"])
+    evidence = work.uns["svae"]["edge_evidence"]
+    assert evidence.shape == graph.shape  # sVAE+'s log Bayes factors beside the probabilities
+    fig = pl.graph_vs_data(work, save=tmp_path / "gvd.png")
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "strongest edge probability" and _is_png(tmp_path / "gvd.png")
+    assert sum(len(c.get_offsets()) for c in ax.collections) == len(table)
+    with pytest.raises(InputError, match="graph_vs_data"):
+        pl.graph_vs_data(adata)  # not computed on this AnnData

@@ -1,0 +1,54 @@
+"""sVAE+ with its defaults on a small realistic screen (negative binomial counts, 40% null
+perturbations, weak to strong effects, pathway groups): the graph finds the perturbations with
+an effect and leaves the nulls alone.  An empty graph fails every bound on recall and F1; a full
+graph fails the bounds on precision and on the nulls."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scvi
+
+import scperturb_vae as sv
+from scperturb_vae.data.simulate import graph_from_adata, simulate_screen
+from scperturb_vae.tl.metrics import graph_scores, mean_correlation_coefficient
+
+SMALL_REALISTIC = dict(n_latent=4, n_pathways=6, n_perturbations=24, n_genes=300, genes_per_program=40,
+                       n_control_cells=500, n_cells_per_perturbation=150, n_heldout=0, n_combinations=0,
+                       condition_genes=0)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    adata = simulate_screen("realistic", seed=0, **SMALL_REALISTIC)
+    scvi.settings.seed = 0
+    sv.SVAEPlus.setup_anndata(adata)
+    model = sv.SVAEPlus(adata, n_latent=4)  # every other setting: the defaults
+    model.train(max_epochs=80, enable_progress_bar=False)
+    return adata, model
+
+
+def test_default_graph_on_a_realistic_screen(fitted):
+    adata, model = fitted
+    latent = model.get_latent_representation()
+    mcc = mean_correlation_coefficient(adata.obsm["z_true"], latent)
+    truth = graph_from_adata(adata)
+    graph = model.get_intervention_graph()
+    scores = graph_scores(truth, graph, mcc.assignment)
+    assert mcc.mcc > 0.8
+    assert scores["f1"] > 0.75 and scores["precision"] > 0.75
+    assert scores["perturbation_recall"] >= 0.85  # perturbations with an effect have an edge
+    assert scores["null_specificity"] >= 0.85  # null perturbations have none
+    for name, bad in (("empty", graph * 0), ("full", graph * 0 + 1)):
+        worse = graph_scores(truth, bad, mcc.assignment)
+        assert worse["f1"] < 0.75 or worse["null_specificity"] < 0.85, name
+
+
+def test_edge_evidence_is_the_log_bayes_factor_of_the_drawn_edges(fitted):
+    _, model = fitted
+    graph = model.get_intervention_graph()
+    evidence = model.get_edge_evidence()
+    assert list(evidence.index) == list(graph.index) and list(evidence.columns) == list(graph.columns)
+    on = graph.to_numpy() > 0.5
+    threshold = np.log(model.module.prior.beta_k)
+    assert (evidence.to_numpy()[on] > threshold).all() and (evidence.to_numpy()[~on] < threshold).all()
