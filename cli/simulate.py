@@ -111,7 +111,8 @@ def simulate(
                 "n_combinations": n_combinations,
             }.items() if value is not None
         }
-        extra.update(parse_params(param or []))
+        for key, value in parse_params(param or []).items():
+            (sizes if key in sizes else extra)[key] = value
         adata = simulate_screen(preset, seed=seed, **sizes, **extra)
         with atomic_path(out, overwrite=overwrite) as tmp:
             adata.write_h5ad(tmp)
