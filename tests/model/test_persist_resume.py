@@ -196,6 +196,9 @@ def _start(screen: Path, out: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [*SCVAE, *TRAIN, "--adata", str(screen), "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        # a child inherits an ignored SIGINT from the test process (left so by an earlier test's
+        # library); give it the default disposition, as a terminal's child has
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
