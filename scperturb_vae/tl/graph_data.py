@@ -28,7 +28,7 @@ agrees with what the counts themselves show:
 
 :func:`effect_pairs`
     Pairs of perturbations with measurable effects whose pseudobulk shifts correlate (Pearson,
-    over the genes DE in either) above ``min_correlation``, and whether they share a latent.
+    over the screen's responsive genes) above ``min_correlation``, and whether they share a latent.
     Perturbations of one pathway should.
 """
 
