@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,13 @@ class EpochCheckpoint(Callback):
     checkpoint intact; ``DIR/progress.json`` says which epoch it holds.  The checkpoint also
     carries the training history (scvi-tools keeps it only in memory), so a resumed run's
     ``history.csv`` has every epoch.
+
+    While fitting, Ctrl-C (SIGINT) is taken over: the first press asks the run to stop after
+    the current step, where a ``KeyboardInterrupt`` is raised from plain Python code (one that
+    lands inside a finaliser or a C call can be swallowed, and the run would train on); a
+    second press interrupts at once.  Lightning answers the interrupt with its graceful
+    shutdown and ``interrupted`` is set.  A process started with SIGINT ignored (a
+    background job) keeps ignoring it; the handler is removed when the fit ends.
     """
 
     FILE = "last.ckpt"
@@ -61,6 +70,8 @@ class EpochCheckpoint(Callback):
         self._trainer = None
         self._restored: dict | None = None
         self.interrupted = False
+        self._stop_requested = False
+        self._previous_handler = None
 
     @property
     def path(self) -> Path:
@@ -93,8 +104,46 @@ class EpochCheckpoint(Callback):
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         # Lightning turns Ctrl-C during fit into sys.exit(1); the caller asks this flag
         self.interrupted = isinstance(exception, KeyboardInterrupt)
+        self._release_sigint()
+
+    # ------------------------------------------------------------------ Ctrl-C between steps
+    def _on_sigint(self, signum, frame) -> None:
+        if self._stop_requested:
+            raise KeyboardInterrupt
+        self._stop_requested = True
+
+    def _take_sigint(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self._stop_requested = False
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            return
+        self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _release_sigint(self) -> None:
+        if self._previous_handler is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._previous_handler)
+        self._previous_handler = None
+
+    def _stop_if_asked(self) -> None:
+        if self._stop_requested:
+            self._stop_requested = False
+            raise KeyboardInterrupt
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._stop_if_asked()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._stop_if_asked()
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._stop_if_asked()
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self._release_sigint()
 
     def on_fit_start(self, trainer, pl_module) -> None:
+        self._take_sigint()
         if not self._restored or trainer.logger is None:
             return
         experiment = trainer.logger.experiment

@@ -191,6 +191,11 @@ def screen(tmp_path_factory) -> Path:
 TRAIN = ["train", "--n-latent", "2", "--max-epochs", "12", "--no-progress", "--ll-cells", "20", "--batch-size", "64"]
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def _start(screen: Path, out: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     return subprocess.Popen(
@@ -198,7 +203,7 @@ def _start(screen: Path, out: Path) -> subprocess.Popen:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         # a child inherits an ignored SIGINT from the test process (left so by an earlier test's
         # library); give it the default disposition, as a terminal's child has
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=_default_sigint,
     )
 
 
