@@ -22,6 +22,9 @@ def benchmark(
     n_latent: Annotated[
         Optional[int], typer.Option("--n-latent", help="Latents of the models [default: the simulation's true number].", show_default=False)
     ] = None,
+    data_seed: Annotated[
+        Optional[int], typer.Option("--data-seed", help="Train every seed on the one screen simulated with this seed, and report how the edges agree across seeds (edge Jaccard) [default: one screen per seed].", show_default=False)
+    ] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Small screens (4 latents, 12 perturbations x 60 cells, 40 genes) and 5 epochs.")] = False,
     ll_cells: Annotated[int, typer.Option("--ll-cells", help="Validation cells for each run's importance-sampled likelihood (0 skips it).")] = 1000,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Training progress bars on stderr.")] = False,
@@ -42,6 +45,8 @@ def benchmark(
       scvae benchmark --out smoke --quick --models svae+,vae --seeds 0,1
 
       scvae benchmark --out real --preset realistic --models svae+ --seeds 0,1,2 --max-epochs 100 --ll-cells 0
+
+      scvae benchmark --out stable --preset realistic --models svae+ --seeds 0,1,2 --data-seed 0 --max-epochs 100
     """
     setup_logging()
     with user_errors(ctx):
@@ -55,6 +60,7 @@ def benchmark(
         result = run_benchmark(
             out, preset=preset, models=model_list, seeds=seed_list, max_epochs=max_epochs,
             n_latent=n_latent, quick=quick, overwrite=overwrite, ll_cells=ll_cells, progress_bar=progress,
+            data_seed=data_seed,
         )
         typer.echo(result.table, nl=False)
         typer.echo(f"wrote {result.out}/ (data/, runs/, results.csv, summary.csv, summary.md, metrics.png, "

@@ -61,6 +61,7 @@ SUMMARY_METRICS: dict[str, str] = {
     "graph_auroc": "graph AUROC",
     "graph_perturbation_recall": "effects with an edge",
     "graph_null_specificity": "nulls without",
+    "edge_jaccard": "edge Jaccard across seeds",
     "active_units": "active units",
     "validation_nll": "validation NLL",
     "train_seconds": "train s",
@@ -197,6 +198,7 @@ def run_benchmark(
     ll_cells: int = 1000,
     sizes: dict[str, Any] | None = None,
     progress_bar: bool = False,
+    data_seed: int | None = None,
 ) -> BenchmarkResult:
     """Simulate, train every model on every seed's screen, score, summarise (see the module docstring).
 
@@ -226,39 +228,60 @@ def run_benchmark(
         preset's and ``quick``'s).
     progress_bar
         Show the training progress bars.
+    data_seed
+        Simulate one screen with this seed and train every seed on it: the seeds then vary
+        only the training, and ``edge_jaccard`` (each run's mean Jaccard index of its
+        truth-matched edges with the other seeds' runs of the model) says how reproducible
+        the graph is.  None: one screen per seed, ``edge_jaccard`` is NaN.
     """
+    import anndata as ad
+
     from scperturb_vae.data.simulate import graph_from_adata, simulate_screen
+    from scperturb_vae.tl.metrics import edge_jaccard, matched_edges
 
     models, seeds, sim_args, max_epochs = _check_args(preset, models, seeds, n_latent, max_epochs, ll_cells, quick,
                                                       sizes)
+    if data_seed is not None and (isinstance(data_seed, bool) or int(data_seed) != data_seed or data_seed < 0):
+        raise InputError(f"--data-seed must be a non-negative integer, not {data_seed!r}")
     out = check_output(out, overwrite)
     train = {"n_latent": n_latent, "max_epochs": max_epochs, "ll_cells": ll_cells, "progress_bar": progress_bar}
     rows: list[dict[str, Any]] = []
     graphs: dict[str, pd.DataFrame] = {}
     true_graph_first: pd.DataFrame | None = None
     total = len(models) * len(seeds)
+    edges: dict[str, list[set]] = {model: [] for model in models}
     with atomic_dir(out, overwrite=overwrite) as tmp:
         (tmp / "data").mkdir()
         (tmp / "runs").mkdir()
         for seed in seeds:
-            adata = simulate_screen(preset, seed=seed, **sim_args)
-            data_name = f"data/{preset}_seed{seed}.h5ad"
-            with atomic_path(tmp / data_name) as part:
-                adata.write_h5ad(part)
-            n_true = int(adata.obsm["z_true"].shape[1])
+            screen_seed = seed if data_seed is None else data_seed
+            data_name = f"data/{preset}_seed{screen_seed}.h5ad"
+            if not (tmp / data_name).exists():
+                adata = simulate_screen(preset, seed=screen_seed, **sim_args)
+                with atomic_path(tmp / data_name) as part:
+                    adata.write_h5ad(part)
+                del adata
+            truth = ad.read_h5ad(tmp / data_name, backed="r")
+            n_true, true_graph = int(truth.obsm["z_true"].shape[1]), graph_from_adata(truth)
+            truth.file.close()
             if seed == seeds[0]:
-                true_graph_first = graph_from_adata(adata)
-            del adata
+                true_graph_first = true_graph
             for model in models:
                 row, score = _benchmark_run(tmp, out, model, seed, preset, data_name, n_true, train,
                                             f"{len(rows) + 1}/{total}")
                 rows.append(row)
-                if seed == seeds[0] and true_graph_first is not None:
-                    learned = pd.read_csv(tmp / row["run"] / "intervention_graph.csv", index_col=0)
-                    learned.index = learned.index.astype(str)
-                    learned.columns = learned.columns.astype(str)
+                learned = pd.read_csv(tmp / row["run"] / "intervention_graph.csv", index_col=0)
+                learned.index = learned.index.astype(str)
+                learned.columns = learned.columns.astype(str)
+                edges[model].append(matched_edges(true_graph, learned, score["assignment"]))
+                if seed == seeds[0]:
                     graphs[model] = aligned_graph(learned, true_graph_first, score["assignment"])
-        results, summary, table = _write_tables(tmp, rows, models, preset, seeds, max_epochs, true_graph_first, graphs)
+        if data_seed is not None:
+            for model in models:
+                for row, value in zip([r for r in rows if r["model"] == model], edge_jaccard(edges[model])):
+                    row["edge_jaccard"] = value
+        results, summary, table = _write_tables(tmp, rows, models, preset, seeds, max_epochs, true_graph_first, graphs,
+                                                data_seed)
     return BenchmarkResult(out=out, results=results, summary=summary, table=table)
 
 
@@ -347,7 +370,7 @@ def _benchmark_run(tmp: Path, out: Path, model: str, seed: int, preset: str, dat
 
 
 def _write_tables(tmp: Path, rows: list, models: list[str], preset: str, seeds: list[int], max_epochs,
-                  true_graph: pd.DataFrame | None, graphs: dict[str, pd.DataFrame]):
+                  true_graph: pd.DataFrame | None, graphs: dict[str, pd.DataFrame], data_seed: int | None = None):
     """``results.csv``, ``summary.csv`` / ``summary.md`` and the plots; ``(results, summary, table)``."""
     results = pd.DataFrame(rows)
     summary = summarise_results(results, models)
@@ -355,11 +378,14 @@ def _write_tables(tmp: Path, rows: list, models: list[str], preset: str, seeds: 
     results.to_csv(tmp / "results.csv", index=False)
     summary.to_csv(tmp / "summary.csv", index=False)
     epochs_text = "default epochs" if max_epochs is None else f"{max_epochs} epochs"
-    title = f"{preset} preset, seeds {','.join(map(str, seeds))}, {epochs_text}"
+    screens = "" if data_seed is None else f" on the screen of seed {data_seed}"
+    title = f"{preset} preset, seeds {','.join(map(str, seeds))}{screens}, {epochs_text}"
     (tmp / "summary.md").write_text(
         f"# Benchmark: {title}\n\nMean ± sd over seeds (sd with ddof=1). Recovery metrics against the "
         "simulated truth; active units: latents with Var_x E[z|x] > 0.01; validation NLL: "
-        "importance-sampled, nats per cell; train s: training seconds.\n\n" + table
+        "importance-sampled, nats per cell; train s: training seconds; edge Jaccard: "
+        "each run's mean Jaccard index of its truth-matched edges with the other seeds' (one screen "
+        "for all seeds, `--data-seed`).\n\n" + table
     )
     save(metrics_by_model(results, models, PLOT_METRICS, SUMMARY_METRICS, title), tmp / "metrics.png")
     if true_graph is not None:

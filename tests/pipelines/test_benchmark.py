@@ -287,3 +287,31 @@ def test_quick_realistic_benchmark_reports_the_perturbation_level_graph(runner, 
     assert row["graph_perturbation_recall"] == pytest.approx(has_edge[effective].mean())
     assert row["graph_null_specificity"] == pytest.approx((~has_edge[~effective]).mean())
     assert "effects with an edge" in (out / "summary.md").read_text()
+
+
+def test_data_seed_trains_every_seed_on_one_screen_and_reports_edge_jaccard(runner, tmp_path):
+    out = tmp_path / "stable"
+    result = invoke(runner, "benchmark", "--quick", "--preset", "realistic", "--models", "svae+", "--seeds", "0,1",
+                    "--data-seed", "3", "--ll-cells", "0", "--out", out)
+    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+    assert sorted(p.name for p in (out / "data").iterdir()) == ["realistic_seed3.h5ad"]
+    truth = graph_from_adata(ad.read_h5ad(out / "data" / "realistic_seed3.h5ad"))
+    named = []
+    for seed in (0, 1):
+        run = out / "runs" / f"svae+_seed{seed}"
+        learned = pd.read_csv(run / "intervention_graph.csv", index_col=0) > 0.5
+        assignment = json.loads((run / "score.json").read_text())["assignment"]
+        by_learned = {v: k for k, v in assignment.items() if v is not None}
+        named.append({(p, by_learned.get(c, "unmatched:" + c)) for p in truth.index for c in learned.columns
+                      if learned.loc[p, c]})
+    union = len(named[0] | named[1])
+    expected = len(named[0] & named[1]) / union if union else 1.0
+    results = pd.read_csv(out / "results.csv")
+    assert results["edge_jaccard"].tolist() == pytest.approx([expected, expected])
+    summary = (out / "summary.md").read_text()
+    assert "on the screen of seed 3" in summary and "edge Jaccard across seeds" in summary
+
+
+def test_data_seed_must_be_a_non_negative_integer(runner, tmp_path):
+    result = invoke(runner, "benchmark", "--quick", "--seeds", "0", "--data-seed", "-1", "--out", tmp_path / "b")
+    assert "--data-seed" in assert_user_error(result, 2)

@@ -364,3 +364,22 @@ def test_posterior_collapse_on_tiny_models(tiny_models, name):
         np.testing.assert_allclose(diag["kl_per_latent"], closed, atol=0.05 + 0.05 * closed.max())
         # on all cells (fewer than n_cells): every cell is used
         assert posterior_collapse(model, n_cells=10_000)["n_cells"] == model.adata.n_obs
+
+
+def test_matched_edges_name_edges_by_the_truth_and_jaccard_compares_them():
+    from scperturb_vae.tl.metrics import edge_jaccard, matched_edges
+
+    truth = pd.DataFrame([[1, 0], [0, 1], [0, 0]], index=["A", "B", "C"], columns=["t0", "t1"])
+    run1 = pd.DataFrame([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.0, 0.0, 0.7]], index=["A", "B", "C"],
+                        columns=["l0", "l1", "l2"])
+    # the second run's latents are permuted; its A edge sits on an unmatched latent
+    run2 = pd.DataFrame([[0.0, 0.1, 0.9], [0.8, 0.0, 0.0], [0.0, 0.0, 0.0]], index=["A", "B", "C"],
+                        columns=["m0", "m1", "m2"])
+    e1 = matched_edges(truth, run1, {"t0": "l0", "t1": "l1"})
+    e2 = matched_edges(truth, run2, {"t0": "m1", "t1": "m0"})
+    assert e1 == {("A", "t0"), ("B", "t1"), ("C", "unmatched:l2")}
+    assert e2 == {("A", "unmatched:m2"), ("B", "t1")}
+    assert edge_jaccard([e1, e2]) == pytest.approx([0.25, 0.25])
+    assert edge_jaccard([e1, e1, e2]) == pytest.approx([(1 + 0.25) / 2, (1 + 0.25) / 2, 0.25])
+    assert edge_jaccard([set(), set()]) == pytest.approx([1.0, 1.0])  # two empty graphs agree
+    assert np.isnan(edge_jaccard([e1])).all()
