@@ -93,19 +93,20 @@ HoldoutOpt = Annotated[
     typer.Option(
         "--holdout",
         help="Hold out a cluster of perturbations by name (cluster0, cluster1, ...: from --clusters FILE, "
-        "or computed from the data as scvae clusters does).",
+        "or computed from the data as scvae clusters does) [default: none held out].",
         show_default=False,
     ),
 ]
 HoldoutPerturbationsOpt = Annotated[
     Optional[str],
-    typer.Option("--holdout-perturbations", help="Hold out these perturbations (comma-separated).", show_default=False),
+    typer.Option("--holdout-perturbations", help="Hold out these perturbations (comma-separated) [default: none].", show_default=False),
 ]
 ClustersOpt = Annotated[
     Optional[Path],
     typer.Option(
         "--clusters",
-        help="Perturbation -> cluster table (CSV/TSV long table, or the Replogle 2022 'members' layout).",
+        help="Perturbation -> cluster table (CSV/TSV long table, or the Replogle 2022 'members' layout) "
+        "[default: clusters computed from the data].",
         show_default=False,
     ),
 ]

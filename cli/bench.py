@@ -64,12 +64,10 @@ def bench(
 
     Examples:
 
+    \b
       scvae bench --out bench
-
       scvae bench --out bench --repeats 3 --threads 2
-
       scvae bench --out sparse --no-speed --sparse-check --sparse-cells 200000
-
       scvae bench --out ooc --no-speed --backed-check --backed-cells 1000000 --backed-max-steps 2000
     """
     setup_logging()

@@ -40,12 +40,10 @@ def benchmark(
 
     Examples:
 
+    \b
       scvae benchmark --out bench --seeds 0,1,2 --max-epochs 100
-
       scvae benchmark --out smoke --quick --models svae+,vae --seeds 0,1
-
       scvae benchmark --out real --preset realistic --models svae+ --seeds 0,1,2 --max-epochs 100 --ll-cells 0
-
       scvae benchmark --out stable --preset realistic --models svae+ --seeds 0,1,2 --data-seed 0 --max-epochs 100
     """
     setup_logging()

@@ -76,8 +76,8 @@ def clusters(
 
     Examples:
 
+    \b
       scvae clusters --adata screen.h5ad --n-clusters 8 --out clusters.csv
-
       scvae clusters --adata screen.h5ad --clusters replogle_clusters.txt --out clusters.csv
     """
     setup_logging()

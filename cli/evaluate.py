@@ -41,7 +41,7 @@ def evaluate(
     model_runs: Annotated[
         Optional[list[Path]],
         typer.Option("--model", help="Reuse a run folder made by scvae train --holdout ... instead of training "
-                     "(repeatable; replaces --models).", show_default=False),
+                     "(repeatable; replaces --models) [default: none, train --models].", show_default=False),
     ] = None,
     perturbation_key: PerturbationKeyOpt = None,
     control: ControlOpt = None,
@@ -77,10 +77,9 @@ def evaluate(
 
     Examples:
 
+    \b
       scvae clusters --adata screen.h5ad --out clusters.csv
-
       scvae evaluate --adata screen.h5ad --holdout cluster3 --models svae+,ivae,vae --out eval_c3
-
       scvae evaluate --model runs/svae_c3 --model runs/vae_c3 --out eval_c3
     """
     setup_logging()

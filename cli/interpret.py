@@ -28,7 +28,8 @@ def interpret(
     groups: Annotated[
         Optional[Path],
         typer.Option("--groups", help="Perturbation groups for the perturbation side: a cluster table "
-                     "(long or 'members' layout), a CORUM complex table, or a GMT file.", show_default=False),
+                     "(long or 'members' layout), a CORUM complex table, or a GMT file [default: none, the "
+                     "perturbation side is skipped].", show_default=False),
     ] = None,
     adata: Annotated[
         Optional[Path],
@@ -63,8 +64,8 @@ def interpret(
 
     Examples:
 
+    \b
       scvae interpret --run runs/svae --gene-sets h.all.v7.0.symbols.gmt --out runs/svae/interpret
-
       scvae interpret --run runs/svae --gene-sets h.all.gmt --gene-sets GO_BP.gmt --groups clusters.tsv --out interp
     """
     setup_logging()

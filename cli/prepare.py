@@ -63,8 +63,8 @@ def prepare(
 
     Examples:
 
+    \b
       scvae prepare --adata K562_essential_raw_singlecell_01.h5ad --out k562_essential.h5ad
-
       scvae prepare --adata NormanWeissman2019_filtered.h5ad --layout scperturb --out norman.h5ad
     """
     setup_logging()

@@ -30,8 +30,8 @@ def score(
 
     Examples:
 
+    \b
       scvae score --run runs/svae --truth sim.h5ad
-
       scvae score --run runs/svae --truth sim.h5ad --out scores/svae.json
     """
     setup_logging()

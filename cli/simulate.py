@@ -40,28 +40,28 @@ def simulate(
         str, typer.Option("--preset", help="'paper' (the sVAE+ paper's design), 'programs' (one gene program per latent) or 'realistic' (shallow negative binomial counts, weak effects, null perturbations, pathway groups).")
     ] = "paper",
     seed: SeedOpt = 0,
-    n_latent: Annotated[Optional[int], typer.Option(help="Number of true latents.", show_default=False)] = None,
-    n_perturbations: Annotated[Optional[int], typer.Option(help="Number of perturbations.", show_default=False)] = None,
-    n_cells_per_perturbation: Annotated[Optional[int], typer.Option(help="Cells per perturbation.", show_default=False)] = None,
-    n_control_cells: Annotated[Optional[int], typer.Option(help="Control cells.", show_default=False)] = None,
-    n_genes: Annotated[Optional[int], typer.Option(help="Number of genes.", show_default=False)] = None,
-    min_targets: Annotated[Optional[int], typer.Option(help="Fewest latents a perturbation targets.", show_default=False)] = None,
-    max_targets: Annotated[Optional[int], typer.Option(help="Most latents a perturbation targets.", show_default=False)] = None,
-    shift_mean: Annotated[Optional[float], typer.Option(help="Mean absolute shift of a targeted latent.", show_default=False)] = None,
-    shift_sd: Annotated[Optional[float], typer.Option(help="Standard deviation of the shifts.", show_default=False)] = None,
-    library_size: Annotated[Optional[float], typer.Option(help="(Median) counts per cell.", show_default=False)] = None,
-    n_heldout: Annotated[Optional[int], typer.Option(help="Perturbations marked held-out (the last ones).", show_default=False)] = None,
-    genes_per_program: Annotated[Optional[int], typer.Option(help="'programs' and 'realistic': genes driven by each latent.", show_default=False)] = None,
-    library_sigma: Annotated[Optional[float], typer.Option(help="Sd of the log library sizes.", show_default=False)] = None,
-    null_fraction: Annotated[Optional[float], typer.Option(help="'realistic': share of perturbations with no effect (0.4).", show_default=False)] = None,
-    n_pathways: Annotated[Optional[int], typer.Option(help="'realistic': pathway groups whose members share target latents (10).", show_default=False)] = None,
-    shift_min: Annotated[Optional[float], typer.Option(help="'realistic': weakest effect, in sd of the latent (0.5).", show_default=False)] = None,
-    shift_max: Annotated[Optional[float], typer.Option(help="'realistic': strongest effect, in sd (3.0).", show_default=False)] = None,
-    dispersion: Annotated[Optional[float], typer.Option(help="'realistic': median inverse dispersion theta of the negative binomial (3.0).", show_default=False)] = None,
-    condition_effect: Annotated[Optional[float], typer.Option(help="'realistic': log-fold effect of a stimulation covariate, obs['condition'], unevenly spread over perturbations (0: none).", show_default=False)] = None,
-    n_combinations: Annotated[Optional[int], typer.Option(help="'realistic': pairs A+B of perturbations (4).", show_default=False)] = None,
-    param: Annotated[Optional[list[str]], typer.Option("--param", help="Any other parameter of the preset, as KEY=VALUE (repeatable), e.g. --param cells_sigma=0.3.", show_default=False)] = None,
-    gmt: Annotated[Optional[Path], typer.Option("--gmt", help="'programs' preset: also write the true gene programs as a .gmt file.", show_default=False)] = None,
+    n_latent: Annotated[Optional[int], typer.Option(help="Number of true latents [default: the preset's].", show_default=False)] = None,
+    n_perturbations: Annotated[Optional[int], typer.Option(help="Number of perturbations [default: the preset's].", show_default=False)] = None,
+    n_cells_per_perturbation: Annotated[Optional[int], typer.Option(help="Cells per perturbation [default: the preset's].", show_default=False)] = None,
+    n_control_cells: Annotated[Optional[int], typer.Option(help="Control cells [default: the preset's].", show_default=False)] = None,
+    n_genes: Annotated[Optional[int], typer.Option(help="Number of genes [default: the preset's].", show_default=False)] = None,
+    min_targets: Annotated[Optional[int], typer.Option(help="Fewest latents a perturbation targets [default: the preset's].", show_default=False)] = None,
+    max_targets: Annotated[Optional[int], typer.Option(help="Most latents a perturbation targets [default: the preset's].", show_default=False)] = None,
+    shift_mean: Annotated[Optional[float], typer.Option(help="Mean absolute shift of a targeted latent [default: the preset's].", show_default=False)] = None,
+    shift_sd: Annotated[Optional[float], typer.Option(help="Standard deviation of the shifts [default: the preset's].", show_default=False)] = None,
+    library_size: Annotated[Optional[float], typer.Option(help="(Median) counts per cell [default: the preset's].", show_default=False)] = None,
+    n_heldout: Annotated[Optional[int], typer.Option(help="Perturbations marked held-out (the last ones) [default: the preset's].", show_default=False)] = None,
+    genes_per_program: Annotated[Optional[int], typer.Option(help="'programs' and 'realistic': genes driven by each latent [default: the preset's].", show_default=False)] = None,
+    library_sigma: Annotated[Optional[float], typer.Option(help="Sd of the log library sizes [default: the preset's].", show_default=False)] = None,
+    null_fraction: Annotated[Optional[float], typer.Option(help="'realistic': share of perturbations with no effect (0.4) [default: the preset's].", show_default=False)] = None,
+    n_pathways: Annotated[Optional[int], typer.Option(help="'realistic': pathway groups whose members share target latents (10) [default: the preset's].", show_default=False)] = None,
+    shift_min: Annotated[Optional[float], typer.Option(help="'realistic': weakest effect, in sd of the latent (0.5) [default: the preset's].", show_default=False)] = None,
+    shift_max: Annotated[Optional[float], typer.Option(help="'realistic': strongest effect, in sd (3.0) [default: the preset's].", show_default=False)] = None,
+    dispersion: Annotated[Optional[float], typer.Option(help="'realistic': median inverse dispersion theta of the negative binomial (3.0) [default: the preset's].", show_default=False)] = None,
+    condition_effect: Annotated[Optional[float], typer.Option(help="'realistic': log-fold effect of a stimulation covariate, obs['condition'], unevenly spread over perturbations (0: none) [default: the preset's].", show_default=False)] = None,
+    n_combinations: Annotated[Optional[int], typer.Option(help="'realistic': pairs A+B of perturbations (4) [default: the preset's].", show_default=False)] = None,
+    param: Annotated[Optional[list[str]], typer.Option("--param", help="Any other parameter of the preset, as KEY=VALUE (repeatable), e.g. --param cells_sigma=0.3 [default: the preset's].", show_default=False)] = None,
+    gmt: Annotated[Optional[Path], typer.Option("--gmt", help="'programs' preset: also write the true gene programs as a .gmt file [default: the preset's].", show_default=False)] = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Simulate a perturbation screen with known latents, graph and gene programs.
@@ -72,10 +72,9 @@ def simulate(
 
     Examples:
 
+    \b
       scvae simulate --out sim.h5ad --preset paper --seed 0
-
       scvae simulate --out prog.h5ad --preset programs --gmt programs.gmt
-
       scvae simulate --out real.h5ad --preset realistic --library-size 500
     """
     setup_logging()

@@ -36,7 +36,7 @@ def train(
     perturbation_key: PerturbationKeyOpt = None,
     control: ControlOpt = None,
     layer: LayerOpt = None,
-    batch_key: Annotated[Optional[str], typer.Option("--batch-key", help="obs column of technical batches.", show_default=False)] = None,
+    batch_key: Annotated[Optional[str], typer.Option("--batch-key", help="obs column of technical batches or conditions, given to the model as a covariate and used to stratify the graph's check against the counts [default: none].", show_default=False)] = None,
     n_latent: Annotated[int, typer.Option("--n-latent", help="Number of latent variables.")] = 10,
     max_epochs: Annotated[
         Optional[int], typer.Option("--max-epochs", help="Training epochs [default: scvi-tools' heuristic from the number of cells].", show_default=False)
@@ -46,8 +46,8 @@ def train(
     likelihood: Annotated[str, typer.Option("--likelihood", help="Count likelihood: nb, zinb or poisson.")] = "nb",
     beta_k: Annotated[Optional[float], typer.Option("--beta-k", help="svae+: K of the Beta(1, K) prior on mask probabilities [default: 100].", show_default=False)] = None,
     sparsity_penalty: Annotated[Optional[float], typer.Option("--sparsity-penalty", help="svae: L1 weight on mask probabilities [default: 100].", show_default=False)] = None,
-    beta: Annotated[Optional[float], typer.Option("--beta", help="vae: KL weight (beta-VAE).", show_default=False)] = None,
-    tc_beta: Annotated[Optional[float], typer.Option("--tc-beta", help="vae: total-correlation weight (beta-TCVAE).", show_default=False)] = None,
+    beta: Annotated[Optional[float], typer.Option("--beta", help="vae: KL weight (beta-VAE) [default: 1, a plain VAE].", show_default=False)] = None,
+    tc_beta: Annotated[Optional[float], typer.Option("--tc-beta", help="vae: total-correlation weight (beta-TCVAE) [default: none, no TC term].", show_default=False)] = None,
     encode_perturbation: Annotated[bool, typer.Option("--encode-perturbation", help="Give the encoder the perturbation: q(z | x, a).")] = False,
     min_cells: Annotated[int, typer.Option("--min-cells", help="Report perturbations with fewer cells.")] = 20,
     ll_cells: Annotated[int, typer.Option("--ll-cells", help="Validation cells for the importance-sampled likelihood in run.json (0 skips it).")] = 1000,
@@ -84,10 +84,9 @@ def train(
 
     Examples:
 
+    \b
       scvae train --adata replogle.h5ad --perturbation-key gene --control non-targeting --out runs/svae
-
       scvae train --adata sim.h5ad --model ivae --n-latent 15 --max-epochs 100 --out runs/ivae
-
       scvae train --adata replogle.h5ad --holdout cluster3 --clusters clusters.csv --out runs/svae_c3
     """
     setup_logging()
