@@ -80,6 +80,27 @@ def user_errors(ctx: typer.Context | None = None):
         raise typer.Exit(130) from None
 
 
+def check_inputs_early(*, h5ad=(), folders=(), files=()) -> None:
+    """Missing inputs reported before torch and scvi-tools are imported (in well under a second).
+
+    ``h5ad``: ``.h5ad`` files (existence and HDF5 signature); ``folders``: ``(label, path)``
+    of folders that must exist (a run, a model); ``files``: ``(label, path)`` of other input
+    files.  ``None`` paths (options left unset) are skipped.  The full checks still run later.
+    """
+    from scperturb_vae.data.reading import check_h5ad_file
+    from scperturb_vae.errors import InputError
+
+    for path in h5ad:
+        if path is not None:
+            check_h5ad_file(path)
+    for label, path in folders:
+        if path is not None and not Path(path).expanduser().is_dir():
+            raise InputError(f"{label} {path} does not exist" if not Path(path).exists() else f"{label} {path} is not a folder")
+    for label, path in files:
+        if path is not None and not Path(path).expanduser().exists():
+            raise InputError(f"{label} {path} does not exist")
+
+
 def quiet_third_party_warnings() -> None:
     """Hide Lightning / scvi-tools noise (see :mod:`scperturb_vae.logs`)."""
     from scperturb_vae.logs import quiet_third_party

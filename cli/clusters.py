@@ -13,6 +13,7 @@ from ._common import (
     LayerOpt,
     OverwriteOpt,
     PerturbationKeyOpt,
+    check_inputs_early,
     setup_logging,
     user_errors,
 )
@@ -82,6 +83,7 @@ def clusters(
     """
     setup_logging()
     with user_errors(ctx):
+        check_inputs_early(h5ad=[adata], files=[("clusters file", clusters_file)])
         from scperturb_vae.pipelines.clusters import cluster_screen
 
         result = cluster_screen(

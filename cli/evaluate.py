@@ -18,6 +18,7 @@ from ._common import (
     OverwriteOpt,
     PerturbationKeyOpt,
     SeedOpt,
+    check_inputs_early,
     quiet_third_party_warnings,
     setup_logging,
     split_list,
@@ -84,6 +85,8 @@ def evaluate(
     """
     setup_logging()
     with user_errors(ctx):
+        check_inputs_early(h5ad=[adata], folders=[("run folder", m) for m in model_runs or []],
+                           files=[("clusters file", clusters)])
         from scperturb_vae.pipelines.evaluate import EvaluateSettings, format_table
         from scperturb_vae.pipelines.evaluate import evaluate as run_evaluate
 

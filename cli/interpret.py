@@ -10,6 +10,7 @@ import typer
 from ._common import (
     OverwriteOpt,
     SeedOpt,
+    check_inputs_early,
     quiet_third_party_warnings,
     setup_logging,
     user_errors,
@@ -70,6 +71,8 @@ def interpret(
     """
     setup_logging()
     with user_errors(ctx):
+        check_inputs_early(h5ad=[adata], folders=[("run folder", run)],
+                           files=[("gene-set file", gene_sets), ("groups file", groups)])
         from scperturb_vae.pipelines.interpret import interpret_run
 
         quiet_third_party_warnings()

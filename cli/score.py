@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._common import OverwriteOpt, setup_logging, user_errors
+from ._common import OverwriteOpt, check_inputs_early, setup_logging, user_errors
 
 
 def score(
@@ -36,6 +36,7 @@ def score(
     """
     setup_logging()
     with user_errors(ctx):
+        check_inputs_early(h5ad=[truth], folders=[("run folder", run)])
         from scperturb_vae.io import check_output
         from scperturb_vae.pipelines.score import format_score, score_run, write_score
 

@@ -19,6 +19,7 @@ from ._common import (
     OverwriteOpt,
     PerturbationKeyOpt,
     SeedOpt,
+    check_inputs_early,
     quiet_third_party_warnings,
     setup_logging,
     split_list,
@@ -91,6 +92,7 @@ def train(
     """
     setup_logging()
     with user_errors(ctx):
+        check_inputs_early(h5ad=[adata], files=[("clusters file", clusters)])
         from scperturb_vae.errors import InputError
         from scperturb_vae.pipelines.train import TrainSettings, train_run
         from scperturb_vae.tl.checks import check_settings

@@ -14,6 +14,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import anndata as ad
@@ -110,6 +111,34 @@ def test_help_in_subprocess_does_not_import_torch_or_scvi():
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["False", "False"]
+
+
+MISSING_INPUT_COMMANDS = [
+    ["train", "--adata", "/nonexistent/screen.h5ad", "--out", "{tmp}/run"],
+    ["evaluate", "--adata", "/nonexistent/screen.h5ad", "--holdout", "cluster0", "--out", "{tmp}/ev"],
+    ["evaluate", "--model", "/nonexistent/run", "--out", "{tmp}/ev"],
+    ["interpret", "--run", "/nonexistent/run", "--gene-sets", "/nonexistent/sets.gmt", "--out", "{tmp}/in"],
+    ["score", "--run", "/nonexistent/run", "--truth", "/nonexistent/sim.h5ad"],
+    ["clusters", "--adata", "/nonexistent/screen.h5ad", "--out", "{tmp}/c.csv"],
+]
+
+
+@pytest.mark.parametrize("args", MISSING_INPUT_COMMANDS, ids=lambda a: a[0] + "-" + a[1].lstrip("-"))
+def test_a_missing_input_is_reported_before_torch_is_imported(args, tmp_path):
+    code = ("import sys, time; from scvae_cli.main import app; start = time.perf_counter()\n"
+            "try:\n    app(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
+            "print(code, 'torch' in sys.modules, round(time.perf_counter() - start, 3))")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    wall = time.perf_counter() - start
+    exit_code, torch_loaded, seconds = proc.stdout.split()
+    assert exit_code == "2" and torch_loaded == "False", (proc.stdout, proc.stderr)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "does not exist" in lines[0], proc.stderr
+    # generous bounds (a loaded 2-core machine): the command itself, and the whole process
+    assert float(seconds) < 1.0 and wall < 10, (seconds, wall)
 
 
 # --------------------------------------------------------------------------- 2. simulate

@@ -11,8 +11,8 @@ import re
 
 import pytest
 import typer
-from typer.core import TyperOption
 from helpers import invoke
+from typer.core import TyperOption
 
 from scvae_cli.main import app
 
