@@ -342,8 +342,15 @@ def _run_summary(settings: TrainSettings, data: PerturbationData, adata, model, 
 
 
 def _latent_adata(settings: TrainSettings, data: PerturbationData, adata, model, latent, graph, summary):
-    """``latent.h5ad``: the posterior means with the input's obs and the run's record in ``uns["scvae"]``."""
+    """``latent.h5ad``: the posterior means with the input's obs and the run's record in ``uns["scvae"]``.
+
+    The latents are also where scanpy and the notebook API (``sv.tl.embed``) keep them:
+    ``obsm["X_" + key]`` and ``uns[key]`` under the model's default key (``X_svae`` for
+    sVAE+), so ``sc.pp.neighbors(latent, use_rep="X_svae")`` works on the file as it is.
+    """
     import anndata as ad
+
+    from scperturb_vae.tl.store import default_key, store
 
     obs = adata.obs[[c for c in adata.obs.columns if not c.startswith("_scvi")]].copy()
     latent_adata = ad.AnnData(
@@ -358,6 +365,9 @@ def _latent_adata(settings: TrainSettings, data: PerturbationData, adata, model,
         "intervention_graph": graph.astype(np.float64),
         "run_json": json.dumps(summary, default=str),
     }
+    run_settings = {k: v for k, v in summary.get("settings", {}).items() if k not in ("out", "overwrite")}
+    store(latent_adata, default_key(model), model, latent, graph, {"run_settings": run_settings},
+          {"source": "scvae train"})
     return latent_adata
 
 

@@ -257,6 +257,14 @@ def test_train_latent_and_graph(trained, sim_file):
     assert values.min() >= 0.0 and values.max() <= 1.0
     np.testing.assert_allclose(np.asarray(latent.uns["scvae"]["intervention_graph"]), values,
                                rtol=1e-6)
+    # scanpy's place and the notebook API's key: sv.tl.embed(adata, run) writes the same
+    np.testing.assert_array_equal(latent.obsm["X_svae"], latent.X)
+    assert latent.uns["svae"]["obsm_key"] == "X_svae" and latent.uns["svae"]["source"] == "scvae train"
+    np.testing.assert_allclose(np.asarray(latent.uns["svae"]["intervention_graph"]), values, rtol=1e-6)
+    import scanpy as sc
+
+    sc.pp.neighbors(latent, use_rep="X_svae", n_neighbors=5)
+    assert latent.obsp["connectivities"].shape == (latent.n_obs, latent.n_obs)
 
     history = pd.read_csv(out / "history.csv", index_col=0)
     assert len(history) == 2
