@@ -143,6 +143,11 @@ def _report(result) -> None:
                f"in {s['timing']['train_seconds']:.1f} s ({s['timing']['seconds_per_epoch']:.2f} s/epoch)")
     typer.echo(f"graph: {g['edges_above_0.5']} of {g['n_perturbations'] * g['n_latent']} perturbation x latent "
                f"probabilities > 0.5; {100 * g['fraction_below_0.05']:.1f}% < 0.05")
+    edges = g.get("edges") or []
+    for line in edges[:5]:
+        typer.echo(f"  {line}")
+    if len(edges) > 5:
+        typer.echo(f"  ... {len(edges) - 5} more in edges.csv")
     dg = s.get("diagnostics") or {}
     if dg:
         typer.echo(f"posterior: {dg['active_units']} of {g['n_latent']} latents active (Var E[z|x] > "
@@ -162,7 +167,7 @@ def _report(result) -> None:
         n = h["n_cells"]
         typer.echo(f"held out {h['name']!r} ({len(h['perturbations'])} perturbations): {n['heldout_adapt']} adaptation "
                    f"and {n['heldout_eval']} evaluation cells, not trained on (split.csv)")
-    typer.echo(f"wrote {result.out}/ (model/, latent.h5ad, intervention_graph.csv, history.csv, loss_curve.png, run.json"
+    typer.echo(f"wrote {result.out}/ (model/, latent.h5ad, intervention_graph.csv, history.csv, loss_curve.png, edges.csv, run.json"
                f"{', split.csv' if h is not None else ''})")
 
 

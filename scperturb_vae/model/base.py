@@ -431,7 +431,43 @@ class PerturbationModelBase(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
             columns=pd.Index(self.latent_names, name="latent"),
         )
 
-    def _posterior_shift_score(self, adata: AnnData | None, latent: np.ndarray | None) -> np.ndarray:
+    def get_signed_graph(self, adata: AnnData | None = None, latent: np.ndarray | None = None) -> pd.DataFrame:
+        """The graph in long form, with the direction and size of each effect.
+
+        One row per perturbation x latent: ``probability`` (:meth:`get_intervention_graph`),
+        ``shift_sd`` (the mean posterior latent of the perturbation's cells minus the control
+        cells', in control sd: negative when the perturbation lowers the latent),
+        ``prior_shift`` (the mean of ``p(z | a)`` in prior sd where the prior has one, else
+        NaN), ``n_cells`` (cells carrying the perturbation, in combinations too),
+        ``evidence`` (:meth:`get_edge_evidence`, NaN where the prior has none) and
+        ``direction`` (``"up"`` / ``"down"`` by the sign of ``shift_sd``).  Rows are sorted by
+        probability, then by the size of the shift.  ``latent`` reuses posterior means of
+        ``adata``'s cells.
+        """
+        z = self.get_latent_representation(adata) if latent is None else latent
+        graph = self.get_intervention_graph(adata, latent=z)
+        shift, counts = self._posterior_shifts(adata, z)
+        prior = self.module.prior.prior_shift()
+        prior = (np.full(shift.shape, np.nan) if prior is None
+                 else prior.detach().cpu().numpy()[: len(self.perturbations)].astype(np.float64))
+        evidence = self.get_edge_evidence()
+        evidence = np.full(shift.shape, np.nan) if evidence is None else evidence.to_numpy()
+        n_p, n_l = shift.shape
+        out = pd.DataFrame({
+            "perturbation": np.repeat(np.asarray(self.perturbations, dtype=object), n_l),
+            "latent": np.tile(np.asarray(self.latent_names, dtype=object), n_p),
+            "probability": graph.to_numpy().ravel(),
+            "shift_sd": shift.ravel(),
+            "prior_shift": prior.ravel(),
+            "n_cells": np.repeat(counts.astype(np.int64), n_l),
+            "evidence": evidence.ravel(),
+        })
+        out["direction"] = np.where(out["shift_sd"] < 0, "down", "up")
+        order = np.lexsort((-out["shift_sd"].abs().to_numpy(), -out["probability"].to_numpy()))
+        return out.iloc[order].reset_index(drop=True)
+
+    def _posterior_shifts(self, adata: AnnData | None, latent: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """``(P x D standardised mean shift of the posterior latents against the controls, P cells)``."""
         adata = self._validate_anndata(adata)
         z = self.get_latent_representation(adata) if latent is None else latent
         labels = adata.obs[self.perturbation_key].astype(str).to_numpy()
@@ -447,10 +483,11 @@ class PerturbationModelBase(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
         label_counts = np.bincount(codes, minlength=len(uniq))
         for lab, lab_sum, lab_count in zip(uniq, label_sums, label_counts):
             for p in split_combination(lab, COMBINATION_SEP):
-                sums[index[p]] += lab_sum
-                counts[index[p]] += lab_count
-        d = (sums / np.maximum(counts, 1)[:, None] - mu0) / sd0
+                if p in index:
+                    sums[index[p]] += lab_sum
+                    counts[index[p]] += lab_count
+        return (sums / np.maximum(counts, 1)[:, None] - mu0) / sd0, counts
+
+    def _posterior_shift_score(self, adata: AnnData | None, latent: np.ndarray | None) -> np.ndarray:
+        d, _ = self._posterior_shifts(adata, latent)
         return 1.0 - np.exp(-0.5 * d**2)
-
-
-#: options of the shared module that every model passes through ``**module_kwargs``

@@ -110,6 +110,10 @@ class Prior(nn.Module):
     def intervention_graph(self) -> torch.Tensor | None:
         return None
 
+    def prior_shift(self) -> torch.Tensor | None:
+        """Perturbation x latent mean of ``p(z | a)`` in units of the control prior's sd (None: no shift)."""
+        return None
+
     def prior_parameters(self) -> list[nn.Parameter]:
         """The parameters that belong to the prior (optimised with their own settings)."""
         return list(self.parameters())
@@ -261,6 +265,10 @@ class SparseShiftPrior(Prior):
 
     def intervention_graph(self) -> torch.Tensor:
         return self.mask_probability
+
+    def prior_shift(self) -> torch.Tensor:
+        """The slab shift of each edge, applied where the mask is on (N(0, 1) control prior)."""
+        return self.shift
 
     def edge_evidence(self) -> torch.Tensor | None:
         """Log Bayes factor (nats) of each edge: ``logit(rho) - logit(p0)`` (``"shared"`` only).
@@ -431,6 +439,9 @@ class ConditionalGaussianPrior(Prior):
     def log_prob(self, z, pert_idx):
         m, lv = self._params(pert_idx)
         return -0.5 * (_LOG_2PI + lv + (z - m).square() / lv.exp())
+
+    def prior_shift(self) -> torch.Tensor:
+        return self.mean
 
     def intervention_graph(self):
         lv = self._bounded_log_var(self.log_var)

@@ -17,6 +17,8 @@ import pandas as pd
 from scperturb_vae.errors import InputError
 
 __all__ = [
+    "describe_edge",
+    "signed_edges",
     "ACTIVE_VARIANCE",
     "DENSE_TOP",
     "aligned_graph",
@@ -100,6 +102,25 @@ def aligned_graph(graph: pd.DataFrame, true_graph: pd.DataFrame, assignment: Map
 
 
 # --------------------------------------------------------------------------- summary
+def describe_edge(row: Mapping[str, Any]) -> str:
+    """One signed edge of :meth:`~scperturb_vae.model.base.PerturbationModelBase.get_signed_graph` in words.
+
+    ``"JAK2 lowers latent09 by 1.8 sd (1,024 cells, p 0.97, 9.6 nats)"``; the evidence is
+    left out where the model has none.
+    """
+    verb = "lowers" if float(row["shift_sd"]) < 0 else "raises"
+    extra = [f"{int(row['n_cells']):,} cells", f"p {float(row['probability']):.2f}"]
+    evidence = row.get("evidence")
+    if evidence is not None and np.isfinite(float(evidence)):
+        extra.append(f"{float(evidence):.1f} nats")
+    return f"{row['perturbation']} {verb} {row['latent']} by {abs(float(row['shift_sd'])):.2f} sd ({', '.join(extra)})"
+
+
+def signed_edges(signed: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
+    """The rows of a signed graph whose probability exceeds ``threshold``, strongest first."""
+    return signed[signed["probability"] > threshold].reset_index(drop=True)
+
+
 def fmt_p(value: float) -> str:
     if value is None or not np.isfinite(value):
         return "nan"

@@ -52,3 +52,33 @@ def test_edge_evidence_is_the_log_bayes_factor_of_the_drawn_edges(fitted):
     on = graph.to_numpy() > 0.5
     threshold = np.log(model.module.prior.beta_k)
     assert (evidence.to_numpy()[on] > threshold).all() and (evidence.to_numpy()[~on] < threshold).all()
+
+
+def test_signed_graph_gets_the_direction_of_every_recovered_edge(fitted):
+    adata, model = fitted
+    latent = model.get_latent_representation()
+    mcc = mean_correlation_coefficient(adata.obsm["z_true"], latent)
+    info = adata.uns["simulation"]
+    true_shift = np.asarray(info["shifts"], dtype=float)  # perturbations x true latents
+    perts = [str(p) for p in info["perturbations"]]
+    signed = model.get_signed_graph(latent=latent)
+    assert len(signed) == len(model.perturbations) * 4
+    assert list(signed["probability"]) == sorted(signed["probability"], reverse=True)
+    edges = signed[signed["probability"] > 0.5]
+    assert len(edges) > 0
+    checked = 0
+    for j, col in enumerate(mcc.assignment):
+        learned = model.latent_names[col]
+        # the learned latent may be the true one flipped: orient it by their correlation
+        orientation = np.sign(np.corrcoef(adata.obsm["z_true"][:, j], latent[:, col])[0, 1])
+        for _, row in edges[edges["latent"] == learned].iterrows():
+            shift = true_shift[perts.index(row["perturbation"]), j]
+            if abs(shift) > 0:
+                assert np.sign(row["shift_sd"]) == orientation * np.sign(shift), row.to_dict()
+                assert np.sign(row["prior_shift"]) == np.sign(row["shift_sd"]), row.to_dict()
+                checked += 1
+    assert checked >= 0.8 * len(edges)  # nearly every drawn edge is a true one and was checked
+    counts = adata.obs["perturbation"].astype(str).value_counts()
+    first = edges.iloc[0]
+    assert first["n_cells"] == counts[first["perturbation"]]
+    assert np.isfinite(edges["evidence"]).all()
