@@ -47,7 +47,7 @@ def evaluate(
     perturbation_key: PerturbationKeyOpt = None,
     control: ControlOpt = None,
     layer: LayerOpt = None,
-    n_latent: Annotated[int, typer.Option("--n-latent", help="Number of latent variables of the trained models.")] = 10,
+    n_latent: Annotated[int, typer.Option("--n-latent", help="Number of latent variables of the trained models.")] = 20,
     max_epochs: Annotated[
         Optional[int], typer.Option("--max-epochs", help="Training epochs [default: scvi-tools' heuristic].", show_default=False)
     ] = None,

@@ -38,7 +38,7 @@ def train(
     control: ControlOpt = None,
     layer: LayerOpt = None,
     batch_key: Annotated[Optional[str], typer.Option("--batch-key", help="obs column of technical batches or conditions, given to the model as a covariate and used to stratify the graph's check against the counts [default: none].", show_default=False)] = None,
-    n_latent: Annotated[int, typer.Option("--n-latent", help="Number of latent variables.")] = 10,
+    n_latent: Annotated[int, typer.Option("--n-latent", help="Number of latent variables; more than the programs you expect (the unused ones stay inactive).")] = 20,
     max_epochs: Annotated[
         Optional[int], typer.Option("--max-epochs", help="Training epochs [default: scvi-tools' heuristic from the number of cells].", show_default=False)
     ] = None,

@@ -44,6 +44,7 @@ _LAZY = {
     "validate_perturbation_adata": "data.validate",
     "PerturbationData": "data.validate",
     "simulate_screen": "data.simulate",
+    "load_run": "model.runs",
     "ScvaeError": "errors",
     "InputError": "errors",
     "OutputError": "errors",

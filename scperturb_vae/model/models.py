@@ -20,7 +20,7 @@ from typing import Literal
 from anndata import AnnData
 
 from scperturb_vae.model.base import PerturbationModelBase
-from scperturb_vae.model.registry import CLASS_NAMES
+from scperturb_vae.model.registry import CLASS_NAMES, DEFAULT_N_LATENT
 from scperturb_vae.module.priors import ConditionalGaussianPrior, SparseShiftPrior, StandardNormalPrior
 
 logger = logging.getLogger("scperturb_vae")
@@ -85,7 +85,7 @@ class SVAEPlus(PerturbationModelBase):
     def __init__(
         self,
         adata: AnnData | None = None,
-        n_latent: int = 10,
+        n_latent: int = DEFAULT_N_LATENT,
         likelihood: Literal["nb", "zinb", "poisson"] = "nb",
         beta_k: float = 100.0,
         temperature: float = 1.0,
@@ -135,7 +135,7 @@ class SVAE(PerturbationModelBase):
     def __init__(
         self,
         adata: AnnData | None = None,
-        n_latent: int = 10,
+        n_latent: int = DEFAULT_N_LATENT,
         likelihood: Literal["nb", "zinb", "poisson"] = "nb",
         sparsity_penalty: float = 100.0,
         temperature: float = 1.0,
@@ -175,7 +175,7 @@ class IVAE(PerturbationModelBase):
     def __init__(
         self,
         adata: AnnData | None = None,
-        n_latent: int = 10,
+        n_latent: int = DEFAULT_N_LATENT,
         likelihood: Literal["nb", "zinb", "poisson"] = "nb",
         modulate_mean: bool = True,
         **module_kwargs,
@@ -206,7 +206,7 @@ class VAE(PerturbationModelBase):
     def __init__(
         self,
         adata: AnnData | None = None,
-        n_latent: int = 10,
+        n_latent: int = DEFAULT_N_LATENT,
         likelihood: Literal["nb", "zinb", "poisson"] = "nb",
         beta: float = 1.0,
         tc_beta: float | None = None,

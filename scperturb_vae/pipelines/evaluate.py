@@ -34,7 +34,7 @@ import pandas as pd
 
 from scperturb_vae.errors import InputError
 from scperturb_vae.io import atomic_dir, check_output, package_versions, write_json
-from scperturb_vae.model.registry import parse_models
+from scperturb_vae.model.registry import DEFAULT_N_LATENT, parse_models
 from scperturb_vae.pl.base import save
 from scperturb_vae.pl.heldout import fewshot as fewshot_figure
 from scperturb_vae.pl.heldout import heldout_nll
@@ -63,7 +63,7 @@ class EvaluateSettings:
     perturbation_key: str | None = None
     control: str | None = None
     layer: str | None = None
-    n_latent: int = 10
+    n_latent: int = DEFAULT_N_LATENT
     max_epochs: int | None = None
     batch_size: int = 128
     lr: float = 1e-3

@@ -68,6 +68,7 @@ from scperturb_vae.tl.targets import (
     perturbation_targets,
     summary_lines,
     top_genes,
+    with_shifts,
 )
 
 logger = logging.getLogger("scperturb_vae")
@@ -217,6 +218,14 @@ def _summary_md(run_dir, run, names, genes, effects, record, threshold, lines, p
     return "\n".join(md) + "\n"
 
 
+def _signed_graph(run, run_dir) -> pd.DataFrame | None:
+    """The run's ``edges.csv`` (runs from before it existed: computed from the model)."""
+    path = Path(run_dir) / "edges.csv"
+    if path.exists():
+        return pd.read_csv(path)
+    return run.model.get_signed_graph(run.adata)
+
+
 def _write_tables(tmp: Path, effects, enrichment, targets, pert_enrichment, traversals, check, summary: str) -> None:
     from scperturb_vae.pl.base import save
     from scperturb_vae.pl.graph_data import graph_vs_data
@@ -346,7 +355,7 @@ def interpret_run(
     enrichment = enrich_latents(effects, gene_sets, top_n=top_n, min_size=min_size, max_size=max_size)
     timing["enrichment_s"] = time.perf_counter() - t
 
-    targets = perturbation_targets(run.graph, threshold=threshold)
+    targets = with_shifts(perturbation_targets(run.graph, threshold=threshold), _signed_graph(run, run_dir))
     pert_enrichment = None
     if group_sets is not None:
         target_lists = {lat: targets.loc[targets["latent"] == lat, "perturbation"].tolist() for lat in names}

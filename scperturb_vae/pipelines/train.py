@@ -47,6 +47,7 @@ import pandas as pd
 from scperturb_vae.data.validate import PerturbationData, open_perturbation_adata
 from scperturb_vae.errors import InputError
 from scperturb_vae.io import atomic_dir, check_output, package_versions, write_json
+from scperturb_vae.model.registry import DEFAULT_N_LATENT
 from scperturb_vae.pl.base import save
 from scperturb_vae.pl.training import loss_curve
 from scperturb_vae.tl.checks import check_settings
@@ -74,7 +75,7 @@ class TrainSettings:
     control: str | None = None
     layer: str | None = None
     batch_key: str | None = None
-    n_latent: int = 10
+    n_latent: int = DEFAULT_N_LATENT
     max_epochs: int | None = None
     batch_size: int = 128
     lr: float = 1e-3

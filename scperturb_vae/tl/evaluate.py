@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from scperturb_vae.errors import InputError
+from scperturb_vae.model.registry import DEFAULT_N_LATENT
 from scperturb_vae.tl.checks import check_adata, check_fewshot, check_key, check_settings
 from scperturb_vae.tl.fit import train_model, training_record
 from scperturb_vae.tl.store import writable
@@ -59,7 +60,7 @@ def heldout_nll(
     control_label: str | None = None,
     layer: str | None = None,
     batch_key: str | None = None,
-    n_latent: int = 10,
+    n_latent: int = DEFAULT_N_LATENT,
     max_epochs: int | None = None,
     batch_size: int = 128,
     lr: float = 1e-3,

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from scperturb_vae.errors import InputError
-from scperturb_vae.model.registry import DEFAULT_KEYS
+from scperturb_vae.model.registry import DEFAULT_KEYS, DEFAULT_N_LATENT
 from scperturb_vae.tl.checks import check_adata, check_key, check_model_kwargs, check_settings
 from scperturb_vae.tl.store import as_model, embed_arrays, key_for_model, model_params, store
 
@@ -106,7 +106,7 @@ def fit(
     control_label: str | None = None,
     layer: str | None = None,
     batch_key: str | None = None,
-    n_latent: int = 10,
+    n_latent: int = DEFAULT_N_LATENT,
     max_epochs: int | None = None,
     batch_size: int = 128,
     lr: float = 1e-3,

@@ -19,6 +19,7 @@ from scperturb_vae.errors import InputError
 __all__ = [
     "describe_edge",
     "signed_edges",
+    "with_shifts",
     "ACTIVE_VARIANCE",
     "DENSE_TOP",
     "aligned_graph",
@@ -116,6 +117,14 @@ def describe_edge(row: Mapping[str, Any]) -> str:
     return f"{row['perturbation']} {verb} {row['latent']} by {abs(float(row['shift_sd'])):.2f} sd ({', '.join(extra)})"
 
 
+def with_shifts(targets: pd.DataFrame, signed: pd.DataFrame | None) -> pd.DataFrame:
+    """:func:`perturbation_targets` with each target's ``shift_sd`` and ``n_cells`` from a signed graph."""
+    if signed is None or not len(targets):
+        return targets
+    keys = signed[["perturbation", "latent", "shift_sd", "n_cells"]].astype({"perturbation": str, "latent": str})
+    return targets.merge(keys, on=["perturbation", "latent"], how="left")
+
+
 def signed_edges(signed: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
     """The rows of a signed graph whose probability exceeds ``threshold``, strongest first."""
     return signed[signed["probability"] > threshold].reset_index(drop=True)
@@ -125,6 +134,14 @@ def fmt_p(value: float) -> str:
     if value is None or not np.isfinite(value):
         return "nan"
     return f"{value:.2g}" if value >= 1e-3 else f"{value:.1e}"
+
+
+def _target_text(row) -> str:
+    """``"JAK2 (0.97, -1.80 sd, 1,024 cells)"``; the probability alone without a signed graph."""
+    shift = row.get("shift_sd")
+    if shift is None or not np.isfinite(float(shift)):
+        return f"{row['perturbation']} ({float(row['probability']):.2f})"
+    return f"{row['perturbation']} ({float(row['probability']):.2f}, {float(shift):+.2f} sd, {int(row['n_cells']):,} cells)"
 
 
 def summary_lines(
@@ -152,7 +169,7 @@ def summary_lines(
             head += f" (sd {sd:.2f}{', inactive' if sd ** 2 <= ACTIVE_VARIANCE else ''})"
         t = targets[targets["latent"] == latent]
         if len(t):
-            shown = ", ".join(f"{p} ({q:.2f})" for p, q in zip(t["perturbation"][:n_targets_shown], t["probability"]))
+            shown = ", ".join(_target_text(r) for _, r in t.head(n_targets_shown).iterrows())
             more = f" +{len(t) - n_targets_shown} more" if len(t) > n_targets_shown else ""
             dense = " [dense column]" if bool(t["dense"].iloc[0]) else ""
             parts.append(f"targeted by {shown}{more}{dense}")

@@ -238,6 +238,29 @@ def test_train_writes_complete_run_folder(trained, sim_file):
     assert leftovers(out.parent) == []
 
 
+def test_readme_notebook_bridge_and_signed_edges(trained, sim_file):
+    """The README's "Into a notebook" lines, and the run's edges.csv."""
+    import scanpy as sc
+
+    import scperturb_vae as sv
+
+    out, result = trained
+    adata = sc.read_h5ad(sim_file)
+    sv.tl.embed(adata, str(out))
+    np.testing.assert_allclose(adata.obsm["X_svae"], ad.read_h5ad(out / "latent.h5ad").obsm["X_svae"], atol=1e-5)
+    sc.pp.neighbors(adata, use_rep="X_svae", n_neighbors=5)
+    edges = sv.load_run(out).model.get_signed_graph()
+    written = pd.read_csv(out / "edges.csv")
+    assert list(written.columns) == ["perturbation", "latent", "probability", "shift_sd", "prior_shift", "n_cells",
+                                     "evidence", "direction"]
+    assert len(written) == len(edges) == 4 * (adata.obs["perturbation"].nunique() - 1)
+    merged = written.merge(edges, on=["perturbation", "latent"], suffixes=("", "_again"))
+    np.testing.assert_allclose(merged["probability"], merged["probability_again"], atol=1e-6)
+    np.testing.assert_allclose(merged["shift_sd"], merged["shift_sd_again"], atol=1e-3)
+    assert set(written["direction"]) <= {"up", "down"}
+    assert ((written["shift_sd"] < 0) == (written["direction"] == "down")).all()
+
+
 def test_train_latent_and_graph(trained, sim_file):
     out, _ = trained
     source = ad.read_h5ad(sim_file)

@@ -76,7 +76,9 @@ def test_help_has_no_markup_left_and_whole_examples(runner, name):
 
 def test_train_help_states_the_rules_a_user_needs(runner):
     text = " ".join(invoke(runner, "train", "--help").stdout.split())
-    assert "[default: 10]" in text  # --n-latent
+    from scperturb_vae.model.registry import DEFAULT_N_LATENT
+
+    assert f"[default: {DEFAULT_N_LATENT}]" in text  # --n-latent, the library's default
     assert "detected among" in text  # perturbation column and control label
     assert "K of the Beta(1, K)" in text and "[default: 100]" in text
     assert "heuristic" in text  # the epoch rule
