@@ -72,7 +72,8 @@ def interpret(
     setup_logging()
     with user_errors(ctx):
         check_inputs_early(h5ad=[adata], folders=[("run folder", run)],
-                           files=[("gene-set file", gene_sets), ("groups file", groups)])
+                           files=[*(("gene-set file", g) for g in (gene_sets if isinstance(gene_sets, list) else [gene_sets])),
+                                  ("groups file", groups)])
         from scperturb_vae.pipelines.interpret import interpret_run
 
         quiet_third_party_warnings()
