@@ -28,6 +28,9 @@ from scperturb_vae.errors import InputError
 __all__ = [
     "COMBINATION_SEP",
     "CONTROL_SPELLINGS",
+    "OTHER_COMBINATION_SEPS",
+    "guide_level_controls",
+    "suspect_combinations",
     "MAX_LISTED",
     "PERTURBATION_KEY_CANDIDATES",
     "is_numeric_column",
@@ -135,6 +138,42 @@ _CONTROL_SHOWN = _first_spellings(CONTROL_SPELLINGS)
 def looks_like_control(label: str) -> bool:
     """Tell whether ``label`` is one of :data:`CONTROL_SPELLINGS`."""
     return _normalise_spelling(label) in _CONTROL_NORMALISED
+
+
+#: a guide's suffix after a control spelling: ``_g1``, ``-2``, ``_sgRNA3``, `` guide 4``, ``.1``
+_GUIDE_SUFFIX = re.compile(r"^(?P<base>.+?)[\s_\-.]*(?:g|sg|sgrna|guide|grna)?[\s_\-.]*\d+$", re.IGNORECASE)
+
+#: separators that look like a combination but are not read as one (only ``+`` is)
+OTHER_COMBINATION_SEPS: tuple[str, ...] = (";", "|", "_", ",", "/")
+
+
+def guide_level_controls(labels: Iterable[str]) -> list[str]:
+    """Labels that are a control spelling plus a guide number (``non-targeting_g1``, ``NTC-2``)."""
+    out = []
+    for label in unique_labels(labels):
+        match = _GUIDE_SUFFIX.match(str(label).strip())
+        if match and not looks_like_control(label) and looks_like_control(match.group("base")):
+            out.append(label)
+    return sorted(out)
+
+
+def suspect_combinations(labels: Iterable[str]) -> list[tuple[str, str, list[str]]]:
+    """Labels that split on ``;``, ``|``, ``_``, ``,`` or ``/`` into two or more other labels.
+
+    Only ``A+B`` is read as a combination; ``A;B`` trains as a new single perturbation.
+    Returns ``(label, separator, parts)`` for each label all of whose parts are themselves
+    labels of the column (``G1_G2`` with ``G1`` and ``G2`` present; not ``MED12_KO``).
+    """
+    unique = unique_labels(labels)
+    present = set(unique)
+    out = []
+    for label in unique:
+        for sep in OTHER_COMBINATION_SEPS:
+            parts = [p.strip() for p in str(label).split(sep)]
+            if len(parts) > 1 and all(p in present and p != label for p in parts):
+                out.append((label, sep, parts))
+                break
+    return out
 
 
 def preview(items: Iterable[Any], limit: int = MAX_LISTED) -> str:
@@ -278,6 +317,15 @@ def resolve_control_label(
             f"labels include: {preview(shown)}"
         )
     matches = sorted(u for u in unique if looks_like_control(u))
+    guides = guide_level_controls(unique)
+    if not matches and guides:
+        base = _GUIDE_SUFFIX.match(guides[0].strip()).group("base")
+        mapping = ", ".join(f"{g!r}: {base!r}" for g in guides[:2]) + (", ..." if len(guides) > 2 else "")
+        raise InputError(
+            f"the control cells carry guide-level labels ({preview(guides)}); the model needs one "
+            f"control label: merge them first (adata.obs[KEY] = adata.obs[KEY].replace({{{mapping}}})), "
+            "or pass --control for one of them"
+        )
     if not matches:
         raise InputError(
             "no control cells found: none of the labels looks like a control (tried "

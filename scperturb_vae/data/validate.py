@@ -34,10 +34,12 @@ import pandas as pd
 from scperturb_vae.data.counts import check_counts, check_no_empty_cells_or_genes, counts_matrix
 from scperturb_vae.data.labels import (
     COMBINATION_SEP,
+    guide_level_controls,
     preview,
     resolve_control_label,
     resolve_perturbation_key,
     split_combination,
+    suspect_combinations,
 )
 from scperturb_vae.data.reading import file_sha256, read_h5ad_checked
 from scperturb_vae.errors import InputError
@@ -174,6 +176,22 @@ def _count_per_perturbation(
                      dtype=np.int64, name="n_cells")
 
 
+def _warn_label_shapes(labels: list[str], control: str) -> None:
+    """Warn about labels that look like combinations or guide-level controls but are not read so."""
+    for label, sep, parts in suspect_combinations(labels):
+        logger.warning(
+            "label %r looks like the combination of %s (separator %r), but only 'A+B' is read as a "
+            "combination: it trains as a new single perturbation (relabel it %r to compose them)",
+            label, " and ".join(map(repr, parts)), sep, "+".join(parts),
+        )
+    guides = [g for g in guide_level_controls(labels) if g != control]
+    if guides:
+        logger.warning(
+            "%d label(s) look like guide-level controls (%s) but train as perturbations; only %r is "
+            "the control (merge them into it to use them as controls)", len(guides), preview(guides), control,
+        )
+
+
 def _warn_small(small: list[str], min_cells: int) -> None:
     """Log one warning line naming the perturbations with few cells."""
     if small:
@@ -253,6 +271,7 @@ def validate_perturbation_adata(
         index=pd.Index(labels, dtype=object), dtype=np.int64, name="n_cells",
     )
     parts_of = _split_labels(labels, control)
+    _warn_label_shapes(labels, control)
     per_perturbation = _count_per_perturbation(n_cells, parts_of)
     n_combination_cells = int(sum(n_cells[lab] for lab, p in parts_of.items() if len(p) > 1))
     small = [p for p, n in per_perturbation.items() if n < min_cells]

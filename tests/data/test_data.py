@@ -546,3 +546,31 @@ def test_real_datlinger_file():
     assert result.n_combination_cells == 0
     assert result.adata.shape == (7500, 2000)
     assert result.sha256 == before == sha256_of(REAL_DATA)
+
+
+def test_labels_that_look_like_combinations_are_warned_about(caplog):
+    labels = ["control"] * 30 + ["G1"] * 25 + ["G2"] * 25 + ["G1;G2"] * 20 + ["G1_G2"] * 20 + ["MED12_KO"] * 20
+    with caplog.at_level(logging.WARNING, logger="scperturb_vae"):
+        result = validate_perturbation_adata(make_adata(labels), min_cells=5)
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(messages) == 2, messages  # G1;G2 and G1_G2; MED12_KO's parts are not labels
+    assert any("'G1;G2'" in m and "'G1+G2'" in m for m in messages)
+    assert any("'G1_G2'" in m for m in messages)
+    assert "G1;G2" in result.perturbations  # still a single perturbation, as the warning says
+
+
+def test_guide_level_controls_are_detected():
+    labels = ["non-targeting_g1"] * 20 + ["non-targeting_g2"] * 20 + ["A"] * 25
+    with pytest.raises(InputError, match="guide-level labels.*non-targeting_g1.*replace"):
+        validate_perturbation_adata(make_adata(labels))
+    merged = ["non-targeting"] * 40 + ["A"] * 25
+    assert validate_perturbation_adata(make_adata(merged)).control_label == "non-targeting"
+
+
+def test_guide_level_controls_beside_the_control_are_warned_about(caplog):
+    labels = ["non-targeting"] * 20 + ["NTC-2"] * 20 + ["A"] * 25
+    with caplog.at_level(logging.WARNING, logger="scperturb_vae"):
+        result = validate_perturbation_adata(make_adata(labels))
+    assert result.control_label == "non-targeting"
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("guide-level controls" in m and "NTC-2" in m for m in messages), messages
