@@ -7,8 +7,9 @@ functions that draw several panels), and with ``save="path.png"`` also writes th
 
 Without ``ax``, the figure is a :class:`matplotlib.figure.Figure` made without pyplot: it
 is not registered with the pyplot state machine, so scripts open no window and keep no
-figure alive, and a notebook shows it once, as the value of the cell (or with
-``display(fig)``).
+figure alive.  As in scanpy, a notebook shows every figure a cell draws (``show=None``:
+shown in a Jupyter kernel unless ``ax`` is given) and the call then returns None
+(``return_fig=True`` returns it too); ``show=False`` only returns it.
 
 - :func:`graph`: the intervention graph (perturbations x latents), beside the
   simulation's true graph with ``truth=True``;
@@ -27,11 +28,23 @@ the figures of the commands: :mod:`.training` (``scvae train``), :mod:`.interpre
 with :mod:`.heldout`.  The pipelines write every PNG with :func:`scperturb_vae.pl.base.save`.
 """
 
-from scperturb_vae.pl.enrichment import enrichment
-from scperturb_vae.pl.graph import graph
-from scperturb_vae.pl.graph_data import graph_vs_data
-from scperturb_vae.pl.heldout import fewshot, heldout_nll
-from scperturb_vae.pl.latents import latents, latents_by_perturbation
-from scperturb_vae.pl.traversal import traversal
+from scperturb_vae.pl import enrichment as _enrichment_module
+from scperturb_vae.pl import graph_data as _graph_data_module
+from scperturb_vae.pl import heldout as _heldout_module
+from scperturb_vae.pl import latents as _latents_module
+from scperturb_vae.pl import traversal as _traversal_module
+from scperturb_vae.pl.base import shows_figure
+from scperturb_vae.pl.graph import graph as _graph_function
+
+# the notebook functions follow scanpy's show= convention (the modules' functions, which the
+# pipelines call, return the figure only)
+enrichment = shows_figure(_enrichment_module.enrichment)
+graph = shows_figure(_graph_function)
+graph_vs_data = shows_figure(_graph_data_module.graph_vs_data)
+fewshot = shows_figure(_heldout_module.fewshot)
+heldout_nll = shows_figure(_heldout_module.heldout_nll)
+latents = shows_figure(_latents_module.latents)
+latents_by_perturbation = shows_figure(_latents_module.latents_by_perturbation)
+traversal = shows_figure(_traversal_module.traversal)
 
 __all__ = ["enrichment", "fewshot", "graph", "graph_vs_data", "heldout_nll", "latents", "latents_by_perturbation", "traversal"]

@@ -8,8 +8,10 @@ figure atomically (the pipelines write every PNG of their folders with it).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,9 @@ from scperturb_vae.get.fitted import resolve_key
 __all__ = [
     "MAX_ROW_LABELS",
     "choose_latents",
+    "display_figure",
+    "in_notebook",
+    "shows_figure",
     "cluster_order",
     "fitted_key",
     "given_axes",
@@ -84,6 +89,51 @@ def panel_grid(ax, n: int, ncols: int, panel_size: tuple[float, float], what: st
     for extra in axes[n:]:
         fig.delaxes(extra)
     return fig, axes[:n]
+
+
+def in_notebook() -> bool:
+    """Whether the code runs in a Jupyter kernel (IPython's kernel app is configured)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+def display_figure(fig) -> None:
+    """Show ``fig`` in the notebook's output (pyplot-free figures are shown by IPython's display)."""
+    from IPython.display import display
+
+    display(fig)
+
+
+def shows_figure(func: Callable) -> Callable:
+    """scanpy's ``show=`` convention for a function that returns the figure it drew.
+
+    The wrapped function takes ``show`` (None: show in a notebook unless ``ax`` was given, so
+    that each call of a notebook cell shows its figure, as scanpy's do) and ``return_fig``
+    (return the figure even when it was shown).  Shown figures return None; otherwise the
+    figure is returned, as in scripts.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args, show: bool | None = None, return_fig: bool = False, **kwargs):
+        fig = func(*args, **kwargs)
+        if show is None:
+            show = kwargs.get("ax") is None and in_notebook()
+        if show:
+            display_figure(fig)
+            return fig if return_fig else None
+        return fig
+
+    signature = inspect.signature(func)
+    extra = [inspect.Parameter("show", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="bool | None"),
+             inspect.Parameter("return_fig", inspect.Parameter.KEYWORD_ONLY, default=False, annotation="bool")]
+    params = list(signature.parameters.values())
+    tail = [p for p in params if p.kind == inspect.Parameter.VAR_KEYWORD]
+    wrapper.__signature__ = signature.replace(parameters=[p for p in params if p not in tail] + extra + tail)
+    return wrapper
 
 
 def save(fig, save: str | os.PathLike | None) -> None:

@@ -539,3 +539,26 @@ def test_graph_vs_data_in_the_anndata_and_its_plot(fitted, tmp_path):
     assert sum(len(c.get_offsets()) for c in ax.collections) == len(table)
     with pytest.raises(InputError, match="graph_vs_data"):
         pl.graph_vs_data(adata)  # not computed on this AnnData
+
+
+def test_a_notebook_cell_shows_every_figure_it_draws(fitted, monkeypatch):
+    """scanpy's convention: in a kernel each pl call shows its figure; scripts get the figure back."""
+    from matplotlib.figure import Figure
+
+    import scperturb_vae.pl.base as base
+
+    adata, _ = fitted
+    shown = []
+    monkeypatch.setattr(base, "display_figure", shown.append)
+    # a script: nothing shown, the figure returned
+    assert isinstance(sv.pl.graph(adata), Figure) and shown == []
+    monkeypatch.setattr(base, "in_notebook", lambda: True)
+    # a notebook cell with two calls shows two figures
+    assert sv.pl.graph(adata) is None
+    assert sv.pl.latents_by_perturbation(adata) is None
+    assert len(shown) == 2 and all(isinstance(f, Figure) for f in shown)
+    assert isinstance(sv.pl.graph(adata, return_fig=True), Figure) and len(shown) == 3
+    assert isinstance(sv.pl.graph(adata, show=False), Figure) and len(shown) == 3
+    # drawing into given axes composes a figure: not shown panel by panel
+    fig, axes = base.new_figure(1, 1, (4, 3))
+    assert sv.pl.graph(adata, ax=axes[0, 0]) is fig and len(shown) == 3
