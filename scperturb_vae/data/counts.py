@@ -46,7 +46,10 @@ def counts_matrix(adata: anndata.AnnData, layer: str | None) -> tuple[Any, str]:
         return adata.X, "X"
     if layer not in adata.layers:
         available = ", ".join(map(str, adata.layers.keys())) or "(none)"
-        raise InputError(f"layer {layer!r} not found; available layers: {available}")
+        hint = ""
+        if layer == "raw" and adata.raw is not None:
+            hint = " (the counts in adata.raw: adata.layers['raw'] = adata.raw[:, adata.var_names].X, or scvae --layer raw)"
+        raise InputError(f"layer {layer!r} not found; available layers: {available}{hint}")
     return adata.layers[layer], f"layer {layer!r}"
 
 

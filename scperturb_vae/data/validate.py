@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from scperturb_vae.data.counts import check_counts, check_no_empty_cells_or_genes, counts_matrix
 from scperturb_vae.data.labels import (
@@ -252,7 +253,14 @@ def validate_perturbation_adata(
     if isinstance(min_cells, bool) or not isinstance(min_cells, (int, np.integer)) or min_cells < 0:
         raise InputError(f"min_cells must be a non-negative integer, got {min_cells!r}")
     X, what = counts_matrix(adata, layer)
-    check_counts(X, what=what)
+    try:
+        check_counts(X, what=what)
+    except InputError as err:
+        others = [name for name in integer_layers(adata) if name != layer] if not adata.isbacked else []
+        if not others:
+            raise
+        raise InputError(f"{err}; {', '.join(repr(n) for n in others)} "
+                         f"hold{'s' if len(others) == 1 else ''} integer counts: pass --layer {others[0]}") from None
     _check_unique_names(adata.obs_names, "cell", "obs_names_make_unique")
     _check_unique_names(adata.var_names, "gene", "var_names_make_unique")
     check_no_empty_cells_or_genes(X, adata.obs_names, adata.var_names, what, 10_000, allow_empty_genes)
@@ -293,6 +301,37 @@ def validate_perturbation_adata(
     )
 
 
+#: ``--layer raw``: the counts kept in ``adata.raw`` (when no layer has that name)
+RAW_LAYER = "raw"
+
+
+def _counts_from_raw(adata) -> None:
+    """Copy ``adata.raw``'s counts of the genes of ``X`` into ``layers["raw"]`` (in memory only)."""
+    if adata.raw is None:
+        raise InputError("--layer raw: the file has neither a layer named 'raw' nor adata.raw")
+    missing = adata.var_names.difference(adata.raw.var_names)
+    if len(missing):
+        raise InputError(f"--layer raw: {len(missing)} genes of X are not in adata.raw (e.g. {missing[0]!r})")
+    columns = adata.raw.var_names.get_indexer(adata.var_names)
+    adata.layers[RAW_LAYER] = adata.raw.X[:, columns]
+
+
+def integer_layers(adata, sample_rows: int = 2000) -> list[str]:
+    """Layers (and ``"raw"`` for ``adata.raw``) whose first rows hold non-negative integers."""
+    found = []
+    candidates = [(name, adata.layers[name]) for name in adata.layers.keys()]
+    if adata.raw is not None and RAW_LAYER not in adata.layers:
+        candidates.append((RAW_LAYER, adata.raw.X))
+    for name, matrix in candidates:
+        block = matrix[: min(sample_rows, matrix.shape[0])]
+        values = block.data if sp.issparse(block) else np.asarray(block).ravel()
+        values = np.asarray(values)
+        if values.size and np.issubdtype(values.dtype, np.number) and (values >= 0).all() \
+                and np.array_equal(values, np.round(values)):
+            found.append(str(name))
+    return found
+
+
 def open_perturbation_adata(
     path: str | os.PathLike[str],
     *,
@@ -327,6 +366,8 @@ def open_perturbation_adata(
     if backed and layer is not None:
         raise InputError("--backed reads the counts from X; a --layer cannot be read from disk (write the counts to X first)")
     adata = read_h5ad_checked(path, backed=backed)
+    if layer == RAW_LAYER and RAW_LAYER not in adata.layers:
+        _counts_from_raw(adata)
     resolved = pathlib.Path(path).expanduser()
     return validate_perturbation_adata(
         adata,

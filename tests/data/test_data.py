@@ -574,3 +574,39 @@ def test_guide_level_controls_beside_the_control_are_warned_about(caplog):
     assert result.control_label == "non-targeting"
     messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("guide-level controls" in m and "NTC-2" in m for m in messages), messages
+
+
+def _log_normalised_with_counts(tmp_path, raw: bool):
+    import scanpy as sc
+
+    adata = make_adata()
+    adata.layers["counts"] = adata.X.copy()
+    if raw:
+        adata.raw = adata.copy()  # counts in adata.raw, as scanpy tutorials keep them
+        del adata.layers["counts"]
+    sc.pp.normalize_total(adata)
+    sc.pp.log1p(adata)
+    adata = adata[:, 1:].copy()  # X keeps fewer genes than raw (a selection of genes)
+    path = tmp_path / "lognorm.h5ad"
+    adata.write_h5ad(path)
+    return path
+
+
+def test_log_normalised_x_error_names_the_integer_layer(tmp_path):
+    path = _log_normalised_with_counts(tmp_path, raw=False)
+    with pytest.raises(InputError, match="non-integer.*'counts' holds integer counts: pass --layer counts"):
+        open_perturbation_adata(path)
+    assert open_perturbation_adata(path, layer="counts").layer == "counts"
+
+
+def test_counts_in_adata_raw_are_accepted_as_layer_raw(tmp_path):
+    path = _log_normalised_with_counts(tmp_path, raw=True)
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(InputError, match="'raw' holds integer counts: pass --layer raw"):
+        open_perturbation_adata(path)
+    data = open_perturbation_adata(path, layer="raw")
+    counts = data.adata.layers["raw"]
+    assert counts.shape == data.adata.shape
+    expected = make_adata().X[:, 1:].toarray()
+    np.testing.assert_array_equal(np.asarray(counts.todense() if sp.issparse(counts) else counts), expected)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before  # the file is only read
