@@ -10,7 +10,7 @@ import logging
 import sys
 import warnings
 
-__all__ = ["setup_logging", "quiet_third_party"]
+__all__ = ["setup_logging", "quiet_third_party", "in_notebook", "on_terminal"]
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -45,3 +45,24 @@ def quiet_third_party() -> None:
 
     for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def in_notebook() -> bool:
+    """Whether the code runs in a Jupyter kernel (IPython's kernel app is configured)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+def on_terminal(stream=None) -> bool:
+    """Whether ``stream`` (stderr) is a terminal or a notebook (live progress bars render) rather
+    than a file or a pipe."""
+    stream = sys.stderr if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty()) or in_notebook()
+    except ValueError:  # a closed stream
+        return False

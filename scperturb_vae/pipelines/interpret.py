@@ -204,9 +204,11 @@ def _summary_md(run_dir, run, names, genes, effects, record, threshold, lines, p
          f"{len(genes)} genes; gene effects over {effects.attrs['n_cells']} cells; gene sets: {sources}"),
         "",
         ("Effects are changes of the decoded log expression per standard deviation of the latent; "
-         f"targets are perturbations with graph probability > {threshold:g}."),
+         f"targets are perturbations with graph probability > {threshold:g} (with the shift of their cells "
+         "in control sd, and their cells); a latent is named by gene sets only at FDR <= 0.1."),
         "",
     ]
+    md += _universe_warnings(record["gene_sets"], len(genes))
     md += [f"- {line}" for line in lines]
     if pert_enrichment is not None and len(pert_enrichment):
         best = pert_enrichment.drop_duplicates("latent")
@@ -216,6 +218,21 @@ def _summary_md(run_dir, run, names, genes, effects, record, threshold, lines, p
                for r in best.itertuples(index=False)]
     md += _graph_check_md(*check)
     return "\n".join(md) + "\n"
+
+
+#: below this share of the genes in any set of a collection, the summary warns that enrichment has little power
+SMALL_UNIVERSE = 0.5
+
+
+def _universe_warnings(sources: dict, n_genes: int) -> list[str]:
+    """A warning line for each gene-set collection that covers few of the run's genes."""
+    lines = []
+    for source, info in sources.items():
+        universe = int(info.get("universe", 0))
+        if universe < SMALL_UNIVERSE * n_genes:
+            lines.append(f"**Warning:** only {universe} of the {n_genes} genes are in any set of {source}: its "
+                         "enrichment has little power here (a larger collection, or more genes in the run, helps).")
+    return lines + ([""] if lines else [])
 
 
 def _signed_graph(run, run_dir) -> pd.DataFrame | None:

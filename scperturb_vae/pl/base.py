@@ -18,6 +18,7 @@ import numpy as np
 
 from scperturb_vae.errors import InputError
 from scperturb_vae.get.fitted import resolve_key
+from scperturb_vae.logs import in_notebook
 
 __all__ = [
     "MAX_ROW_LABELS",
@@ -89,16 +90,6 @@ def panel_grid(ax, n: int, ncols: int, panel_size: tuple[float, float], what: st
     for extra in axes[n:]:
         fig.delaxes(extra)
     return fig, axes[:n]
-
-
-def in_notebook() -> bool:
-    """Whether the code runs in a Jupyter kernel (IPython's kernel app is configured)."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
 
 
 def display_figure(fig) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from scperturb_vae.errors import InputError
+from scperturb_vae.logs import on_terminal
 from scperturb_vae.model.registry import DEFAULT_KEYS, DEFAULT_N_LATENT
 from scperturb_vae.tl.checks import check_adata, check_key, check_model_kwargs, check_settings
 from scperturb_vae.tl.store import as_model, embed_arrays, key_for_model, model_params, store
@@ -75,13 +76,22 @@ def train_model(
 
     Builds the model as :func:`build_model` (``build``: its keywords), trains it with these
     settings (``train_kwargs``: more of ``model.train``'s, e.g. Lightning callbacks), and
-    returns ``(model, seconds of training)``.
+    returns ``(model, seconds of training)``.  With ``progress_bar`` on a file or pipe (not a terminal
+    or notebook), :class:`~scperturb_vae.train.progress.ProgressLines` writes a line every 10
+    epochs or minute instead of the bar.
     """
     trained = build_model(adata, **build)
+    train_kwargs = dict(train_kwargs or {})
+    if progress_bar and not on_terminal():
+        # a file or pipe: plain lines every few epochs instead of a bar's \r fragments
+        from scperturb_vae.train.progress import ProgressLines
+
+        train_kwargs["callbacks"] = [*train_kwargs.get("callbacks", []), ProgressLines()]
+        progress_bar = False
     start = time.perf_counter()
     trained.train(
         max_epochs=max_epochs, batch_size=int(batch_size), lr=float(lr), accelerator=accelerator,
-        devices=devices, enable_progress_bar=progress_bar, **dict(train_kwargs or {}),
+        devices=devices, enable_progress_bar=progress_bar, **train_kwargs,
     )
     return trained, time.perf_counter() - start
 

@@ -153,11 +153,13 @@ def summary_lines(
     n_targets_shown: int = 5,
     n_genes: int = 5,
     n_sets: int = 3,
+    fdr_max: float = 0.1,
 ) -> list[str]:
     """One line per latent: targets (with probabilities), top genes up and down, top sets.
 
     A latent whose posterior-mean variance is at most :data:`ACTIVE_VARIANCE` is marked
-    ``inactive``.
+    ``inactive``.  Only sets with an FDR at most ``fdr_max`` name a latent; without one the
+    line says so and gives the best set's FDR.
     """
     lines = []
     for latent in effects.index.astype(str):
@@ -180,12 +182,17 @@ def summary_lines(
         parts.append("up: " + (", ".join(f"{g} ({row[g]:+.2f})" for g in up) or "-"))
         parts.append("down: " + (", ".join(f"{g} ({row[g]:+.2f})" for g in down) or "-"))
         e = enrichment[(enrichment["latent"] == latent) & enrichment["fdr"].notna()]
-        e = e.drop_duplicates(subset=["source", "gene_set"])[:n_sets]
-        if len(e):
+        e = e.drop_duplicates(subset=["source", "gene_set"])
+        significant = e[e["fdr"] <= fdr_max][:n_sets]
+        if len(significant):
             parts.append("sets: " + "; ".join(
                 f"{s} [{src}, {d} {t_}, FDR {fmt_p(f)}]"
-                for s, src, d, t_, f in zip(e["gene_set"], e["source"], e["direction"], e["test"], e["fdr"])
+                for s, src, d, t_, f in zip(significant["gene_set"], significant["source"], significant["direction"],
+                                            significant["test"], significant["fdr"])
             ))
+        elif len(e):
+            best = e.sort_values("fdr", kind="mergesort").iloc[0]
+            parts.append(f"sets: none at FDR <= {fdr_max:g} (best {best['gene_set']}, FDR {fmt_p(best['fdr'])})")
         else:
             parts.append("sets: -")
         lines.append(f"{head}: " + " | ".join(parts))

@@ -238,6 +238,19 @@ def test_train_writes_complete_run_folder(trained, sim_file):
     assert leftovers(out.parent) == []
 
 
+def test_progress_in_a_log_file_is_plain_lines(sim_file, tmp_path):
+    """Not a terminal: a line every 10 epochs (and the first and last) with the losses, no \\r."""
+    proc = subprocess.run([sys.executable, "-m", "scvae_cli.main", "train", "--adata", str(sim_file), "--out",
+                           str(tmp_path / "r"), "--max-epochs", "12", "--n-latent", "2", "--ll-cells", "0"],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert "\r" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/12", "epoch 10/12", "epoch 12/12"], proc.stderr
+    assert all("train loss" in line and "left" in line for line in lines)
+
+
 def test_readme_notebook_bridge_and_signed_edges(trained, sim_file):
     """The README's "Into a notebook" lines, and the run's edges.csv."""
     import scanpy as sc
