@@ -319,8 +319,15 @@ def test_cli_end_to_end(tiny_run, tmp_path):
     pd.testing.assert_series_equal(copy.sort_index(), original.sort_index())
 
     targets = pd.read_csv(out / "perturbation_targets.csv")
-    assert list(targets.columns) == ["latent", "perturbation", "probability", "rank", "dense"]
+    assert list(targets.columns) == ["latent", "perturbation", "probability", "rank", "dense", "shift_sd", "n_cells"]
     assert (targets["probability"] > 0.5).all()
+    # each target's shift and cells are the run's signed graph's
+    edges = pd.read_csv(folder / "run" / "edges.csv").set_index(["perturbation", "latent"])
+    for row in targets.itertuples(index=False):
+        assert row.shift_sd == pytest.approx(edges.loc[(row.perturbation, row.latent), "shift_sd"])
+        assert row.n_cells == edges.loc[(row.perturbation, row.latent), "n_cells"]
+    summary_text = (out / "summary.md").read_text()
+    assert "sd, " in summary_text and "FDR <= 0.1" in summary_text
     pert = pd.read_csv(out / "perturbation_enrichment.csv")
     assert set(pert["group"]) <= {"cluster0", "cluster1"}
 
@@ -399,3 +406,18 @@ def test_real_gene_sets_overlap_datlinger_genes():
     genes = ad.read_h5ad(h5, backed="r").var_names.astype(str)
     universe, kept = restrict_gene_sets(read_gene_sets(hallmark), list(genes), min_size=5)
     assert 300 < len(universe) < 2000 and len(kept) >= 30
+
+
+def test_summary_names_latents_only_by_significant_sets():
+    from scperturb_vae.tl.targets import summary_lines
+
+    effects = pd.DataFrame({"g1": [1.0, -0.5], "g2": [-0.2, 0.8]}, index=["latent00", "latent01"])
+    enrichment = pd.DataFrame({
+        "latent": ["latent00", "latent01"], "source": ["h", "h"], "gene_set": ["SET_A", "SET_B"],
+        "direction": ["up", "up"], "test": ["rank", "rank"], "fdr": [0.01, 0.88],
+    })
+    targets = pd.DataFrame({"latent": ["latent00"], "perturbation": ["JAK2"], "probability": [0.97], "rank": [1],
+                            "dense": [False], "shift_sd": [-1.8], "n_cells": [1024]})
+    lines = summary_lines(effects, enrichment, targets)
+    assert "JAK2 (0.97, -1.80 sd, 1,024 cells)" in lines[0] and "SET_A" in lines[0]
+    assert "none at FDR <= 0.1 (best SET_B, FDR 0.88)" in lines[1]
