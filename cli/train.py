@@ -42,6 +42,7 @@ def train(
     max_epochs: Annotated[
         Optional[int], typer.Option("--max-epochs", help="Training epochs [default: scvi-tools' heuristic from the number of cells].", show_default=False)
     ] = None,
+    patience: Annotated[int, typer.Option("--patience", help="Early stopping: stop once the validation loss has not improved for this many epochs (watched after the KL warm-up and the latent alignment); 0 trains every epoch.")] = 20,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Minibatch size.")] = 128,
     lr: Annotated[float, typer.Option("--lr", help="Learning rate of the network (the prior's is 10x).")] = 1e-3,
     likelihood: Annotated[str, typer.Option("--likelihood", help="Count likelihood: nb, zinb or poisson.")] = "nb",
@@ -117,7 +118,7 @@ def train(
         settings = TrainSettings(
             adata=str(adata), out=str(out), model=model, perturbation_key=perturbation_key,
             control=control, layer=layer, batch_key=batch_key, n_latent=n_latent,
-            max_epochs=max_epochs, batch_size=batch_size, lr=lr, likelihood=likelihood,
+            max_epochs=max_epochs, patience=patience, batch_size=batch_size, lr=lr, likelihood=likelihood,
             seed=seed, min_cells=min_cells, accelerator=accelerator, devices=devices,
             overwrite=overwrite, ll_cells=ll_cells, model_kwargs=model_kwargs,
             holdout=holdout, holdout_perturbations=split_list(holdout_perturbations),
@@ -148,6 +149,10 @@ def _report(result) -> None:
         typer.echo(f"  {line}")
     if len(edges) > 5:
         typer.echo(f"  ... {len(edges) - 5} more in edges.csv")
+    stopped = s["timing"].get("stopped_early_after_epoch")
+    if stopped:
+        typer.echo(f"stopped early after epoch {stopped}: the validation loss had not improved for "
+                   f"{s['timing']['early_stopping_patience']} epochs")
     dg = s.get("diagnostics") or {}
     if dg:
         typer.echo(f"posterior: {dg['active_units']} of {g['n_latent']} latents active (Var E[z|x] > "

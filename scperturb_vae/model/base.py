@@ -26,6 +26,7 @@ from scperturb_vae.module.priors import Prior
 from scperturb_vae.module.vae import PerturbationVAEModule
 from scperturb_vae.train.align import AlignLatents
 from scperturb_vae.train.plan import PerturbationTrainingPlan
+from scperturb_vae.train.stopping import DEFAULT_PATIENCE, ValidationPlateau
 
 logger = logging.getLogger("scperturb_vae")
 
@@ -195,6 +196,7 @@ class PerturbationModelBase(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
         batch_size: int = 128,
         plan_kwargs: dict | None = None,
         align_latents: float | tuple[float, ...] | None = 0.4,
+        stop_on_plateau: int | None = DEFAULT_PATIENCE,
         **kwargs,
     ):
         """Train with scvi-tools' trainer (all its options pass through).
@@ -221,6 +223,12 @@ class PerturbationModelBase(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
             sparsest (:class:`~scperturb_vae.train.align.AlignLatents`); ``None`` or 0: never.
             Runs shorter than :data:`MIN_ALIGN_EPOCHS` are not aligned: their shifts are
             still noise, and the rotation would be chosen by it.
+        stop_on_plateau
+            Early stopping: stop once the validation loss has not improved for this many
+            epochs, watched only after the KL warm-up and the alignment
+            (:class:`~scperturb_vae.train.stopping.ValidationPlateau`); the epoch it stopped
+            after is ``self.stopped_epoch`` (None: it ran all ``max_epochs``).  ``None`` or 0
+            trains every epoch.  Needs validation cells (``train_size < 1``).
         **kwargs
             Passed to :meth:`scvi.model.base.UnsupervisedTrainingMixin.train` (``accelerator``,
             ``devices``, ``early_stopping``, ``train_size``, Lightning trainer arguments...).
@@ -236,9 +244,18 @@ class PerturbationModelBase(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
         }
         plan.update(plan_kwargs or {})
         prior = self.module.prior
+        start = plan["n_epochs_kl_warmup"] or 0
         if align_latents and getattr(prior, "kl_estimator", None) == "shared" and max_epochs >= MIN_ALIGN_EPOCHS:
             kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), AlignLatents(at=align_latents)]
+            at = align_latents if isinstance(align_latents, (int, float)) else max(align_latents)
+            start = max(start, int(round(float(at) * max_epochs)))
+        plateau = None
+        if stop_on_plateau and (kwargs.get("train_size") or 0.9) < 1:
+            plateau = ValidationPlateau(start_epoch=start + 1, patience=int(stop_on_plateau))
+            kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), plateau]
+            kwargs.setdefault("check_val_every_n_epoch", 1)
         result = super().train(max_epochs=max_epochs, batch_size=batch_size, plan_kwargs=plan, **kwargs)
+        self.stopped_epoch = None if plateau is None else plateau.stopped_epoch
         self.recalibrate_batch_norm(batch_size=batch_size)
         return result
 

@@ -54,6 +54,7 @@ from scperturb_vae.tl.checks import check_settings
 from scperturb_vae.tl.fit import final_metrics, history_frame, train_model
 from scperturb_vae.tl.holdout import holdout_split
 from scperturb_vae.tl.targets import describe_edge, signed_edges
+from scperturb_vae.train.stopping import DEFAULT_PATIENCE
 
 logger = logging.getLogger("scperturb_vae")
 
@@ -77,6 +78,9 @@ class TrainSettings:
     batch_key: str | None = None
     n_latent: int = DEFAULT_N_LATENT
     max_epochs: int | None = None
+    #: early stopping: epochs without a better validation loss (after the warm-up and the
+    #: alignment) before training stops; 0 trains every epoch
+    patience: int = DEFAULT_PATIENCE
     batch_size: int = 128
     lr: float = 1e-3
     likelihood: str = "nb"
@@ -116,7 +120,7 @@ class TrainSettings:
             flags=True, model=self.model, likelihood=self.likelihood, n_latent=self.n_latent,
             max_epochs=self.max_epochs, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
             ll_cells=self.ll_cells, ll_samples=self.ll_samples, n_clusters=self.n_clusters,
-            adapt_fraction=self.adapt_fraction, checkpoint_every=self.checkpoint_every,
+            adapt_fraction=self.adapt_fraction, checkpoint_every=self.checkpoint_every, patience=self.patience,
         )
 
 
@@ -230,7 +234,8 @@ def _trainer_kwargs(settings: TrainSettings, checkpoint_dir: Path | None):
     """Lightning options of a run: checkpoints (and resuming), the strategy; ``(kwargs, saver, resumed_from)``."""
     from scperturb_vae.train.checkpoint import EpochCheckpoint, read_checkpoint_progress
 
-    trainer_kwargs: dict[str, Any] = {"check_val_every_n_epoch": 1}  # validation curves in history.csv
+    trainer_kwargs: dict[str, Any] = {"check_val_every_n_epoch": 1,  # validation curves in history.csv
+                                      "stop_on_plateau": settings.patience or None}
     resumed_from = None
     saver = None
     if checkpoint_dir is not None:
@@ -339,6 +344,8 @@ def _run_summary(settings: TrainSettings, data: PerturbationData, adata, model, 
             "seconds_per_epoch": round(seconds / max(epochs - (resumed_from or 0), 1), 4),
             "torch_threads": torch.get_num_threads(),
             "resumed_from_epoch": resumed_from,
+            "stopped_early_after_epoch": getattr(model, "stopped_epoch", None),
+            "early_stopping_patience": settings.patience or None,
         },
         "validation_likelihood": validation_ll,
         "final_metrics": final_metrics(hist),
