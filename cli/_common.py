@@ -31,6 +31,7 @@ ControlOpt = Annotated[
     Optional[str],
     typer.Option(
         "--control",
+        "--control-label",
         "-c",
         help="Label of control cells [default: detected among non-targeting, control, ctrl, NT, ...].",
         show_default=False,

@@ -41,8 +41,12 @@ def evaluate(
     models: Annotated[str, typer.Option("--models", help="Models to train and compare (comma-separated).")] = "svae+,ivae,vae",
     model_runs: Annotated[
         Optional[list[Path]],
-        typer.Option("--model", help="Reuse a run folder made by scvae train --holdout ... instead of training "
+        typer.Option("--run", "-r", help="Reuse a run folder made by scvae train --holdout ... instead of training "
                      "(repeatable; replaces --models) [default: none, train --models].", show_default=False),
+    ] = None,
+    old_model_runs: Annotated[
+        Optional[list[Path]],
+        typer.Option("--model", hidden=True, help="Old spelling of --run.", show_default=False),
     ] = None,
     perturbation_key: PerturbationKeyOpt = None,
     control: ControlOpt = None,
@@ -81,11 +85,12 @@ def evaluate(
     \b
       scvae clusters --adata screen.h5ad --out clusters.csv
       scvae evaluate --adata screen.h5ad --holdout cluster3 --models svae+,ivae,vae --out eval_c3
-      scvae evaluate --model runs/svae_c3 --model runs/vae_c3 --out eval_c3
+      scvae evaluate --run runs/svae_c3 --run runs/vae_c3 --out eval_c3
     """
     setup_logging()
     with user_errors(ctx):
-        check_inputs_early(h5ad=[adata], folders=[("run folder", m) for m in model_runs or []],
+        model_runs = [*(model_runs or []), *(old_model_runs or [])]
+        check_inputs_early(h5ad=[adata], folders=[("run folder", m) for m in model_runs],
                            files=[("clusters file", clusters)])
         from scperturb_vae.pipelines.evaluate import EvaluateSettings, format_table
         from scperturb_vae.pipelines.evaluate import evaluate as run_evaluate

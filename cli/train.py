@@ -79,7 +79,7 @@ def train(
 
     With --holdout CLUSTER or --holdout-perturbations A,B the held-out perturbations' cells
     are left out of training, split into adaptation and evaluation cells, and the split is
-    written to OUT/split.csv; scvae evaluate --model OUT reuses the model.
+    written to OUT/split.csv; scvae evaluate --run OUT reuses the model.
 
     A checkpoint is kept in .OUT.checkpoint/ while training: after Ctrl-C or a crash, the
     same command with --resume continues from the last saved epoch.

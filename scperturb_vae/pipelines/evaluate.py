@@ -54,7 +54,7 @@ class EvaluateSettings:
     out: str
     adata: str | None = None
     models: list[str] = field(default_factory=lambda: ["svae+", "ivae", "vae"])
-    #: run folders to reuse (``--model runs/NAME``) instead of training
+    #: run folders to reuse (``--run runs/NAME``) instead of training
     runs: list[str] = field(default_factory=list)
     holdout: str | None = None
     holdout_perturbations: list[str] | None = None
@@ -88,7 +88,7 @@ class EvaluateSettings:
     def validate(self) -> None:
         if not self.runs:
             if self.adata is None:
-                raise InputError("give --adata (to train the models) or --model RUN folders trained with --holdout")
+                raise InputError("give --adata (to train the models) or --run RUN folders trained with --holdout")
             if not self.models:
                 raise InputError("no model to evaluate: give --models (e.g. svae+,ivae,vae)")
             self.models = parse_models(self.models)

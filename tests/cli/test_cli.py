@@ -116,7 +116,7 @@ def test_help_in_subprocess_does_not_import_torch_or_scvi():
 MISSING_INPUT_COMMANDS = [
     ["train", "--adata", "/nonexistent/screen.h5ad", "--out", "{tmp}/run"],
     ["evaluate", "--adata", "/nonexistent/screen.h5ad", "--holdout", "cluster0", "--out", "{tmp}/ev"],
-    ["evaluate", "--model", "/nonexistent/run", "--out", "{tmp}/ev"],
+    ["evaluate", "--run", "/nonexistent/run", "--out", "{tmp}/ev"],
     ["interpret", "--run", "/nonexistent/run", "--gene-sets", "/nonexistent/sets.gmt", "--out", "{tmp}/in"],
     ["score", "--run", "/nonexistent/run", "--truth", "/nonexistent/sim.h5ad"],
     ["clusters", "--adata", "/nonexistent/screen.h5ad", "--out", "{tmp}/c.csv"],

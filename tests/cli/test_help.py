@@ -29,12 +29,15 @@ def _option_entries(text: str) -> dict[str, str]:
     entries: dict[str, str] = {}
     current = None
     for line in section.splitlines():
-        match = re.match(r"^  ((?:-\w, )?--?[\w-]+)", line)
+        match = re.match(r"^  ((?:--?[\w-]+(?:, )?)+)", line)
         if match:
-            current = match.group(1).split(", ")[-1]
-            entries[current] = line
+            names = [n.strip() for n in match.group(1).split(",") if n.strip()]
+            for name in names:
+                entries[name] = line
+            current = names
         elif current is not None:
-            entries[current] += " " + line.strip()
+            for name in current:
+                entries[name] += " " + line.strip()
     return entries
 
 
@@ -45,10 +48,10 @@ def test_every_option_with_a_default_shows_it(runner, name):
     entries = _option_entries(result.stdout)
     missing = []
     for param in _command(name).params:
-        if not isinstance(param, TyperOption) or param.name == "help":
+        if not isinstance(param, TyperOption) or param.name == "help" or param.hidden:
             continue
         flag = max(param.opts, key=len)
-        entry = entries.get(flag)
+        entry = next((entries[o] for o in param.opts if o in entries), None)
         assert entry is not None, f"{name} --help does not list {flag}"
         valued = not param.is_flag or param.secondary_opts  # a plain on-switch needs no default
         if valued and param.default is not None and not param.required and "[default:" not in entry:
