@@ -172,7 +172,7 @@ def _report(result) -> None:
         n = h["n_cells"]
         typer.echo(f"held out {h['name']!r} ({len(h['perturbations'])} perturbations): {n['heldout_adapt']} adaptation "
                    f"and {n['heldout_eval']} evaluation cells, not trained on (split.csv)")
-    typer.echo(f"wrote {result.out}/ (model/, latent.h5ad, intervention_graph.csv, history.csv, loss_curve.png, edges.csv, run.json"
+    typer.echo(f"wrote {result.out}/ (model/, latent.h5ad, intervention_graph.csv, history.csv, loss_curve.png, edges.csv, report.md, run.json"
                f"{', split.csv' if h is not None else ''})")
 
 

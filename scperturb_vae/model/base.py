@@ -256,6 +256,12 @@ class PerturbationModelBase(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
             kwargs.setdefault("check_val_every_n_epoch", 1)
         result = super().train(max_epochs=max_epochs, batch_size=batch_size, plan_kwargs=plan, **kwargs)
         self.stopped_epoch = None if plateau is None else plateau.stopped_epoch
+        #: epochs where training changed regime, for the loss curve and the run report
+        self.training_marks = {"KL warm-up ends": plan["n_epochs_kl_warmup"] or 0}
+        if start > (plan["n_epochs_kl_warmup"] or 0):
+            self.training_marks["latents aligned"] = start
+        if self.stopped_epoch is not None:
+            self.training_marks["early stop"] = self.stopped_epoch
         self.recalibrate_batch_norm(batch_size=batch_size)
         return result
 

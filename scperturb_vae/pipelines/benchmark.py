@@ -237,7 +237,7 @@ def run_benchmark(
     import anndata as ad
 
     from scperturb_vae.data.simulate import graph_from_adata, simulate_screen
-    from scperturb_vae.tl.metrics import edge_jaccard, matched_edges
+    from scperturb_vae.tl.stability import edge_jaccard, matched_edges
 
     models, seeds, sim_args, max_epochs = _check_args(preset, models, seeds, n_latent, max_epochs, ll_cells, quick,
                                                       sizes)

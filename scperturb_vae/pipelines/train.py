@@ -21,7 +21,11 @@ and other commands get the same outputs.  The run folder ``runs/NAME/`` holds:
     latent), the prior's shift, cells and evidence; strongest first.  ``run.json``'s
     ``graph.edges`` says the edges above 0.5 in words ("JAK2 lowers latent09 by 1.8 sd ...").
 ``history.csv`` and ``loss_curve.png``
-    The training curves, one row per epoch.
+    The training curves, one row per epoch (the end of the KL warm-up, the alignment and an
+    early stop marked).
+``report.md``
+    One page: data, settings, training, the graph in words, warnings
+    (:mod:`scperturb_vae.pipelines.report`).
 ``run.json``
     Every setting, the versions, the seed, the input's path and SHA-256, the timings and
     the held-out validation likelihood.
@@ -48,6 +52,7 @@ from scperturb_vae.data.validate import PerturbationData, open_perturbation_adat
 from scperturb_vae.errors import InputError
 from scperturb_vae.io import atomic_dir, check_output, package_versions, write_json
 from scperturb_vae.model.registry import DEFAULT_N_LATENT
+from scperturb_vae.pipelines.report import run_report
 from scperturb_vae.pl.base import save
 from scperturb_vae.pl.training import loss_curve
 from scperturb_vae.tl.checks import check_settings
@@ -554,9 +559,12 @@ def train_run(
         signed = model.get_signed_graph(latent=np.asarray(latent_adata.X))
         signed.to_csv(tmp / "edges.csv", index=False)
         summary["graph"]["edges"] = [describe_edge(row) for _, row in signed_edges(signed).head(20).iterrows()]
+        summary["training_marks"] = dict(getattr(model, "training_marks", {}) or {})
         hist.to_csv(tmp / "history.csv")
-        save(loss_curve(hist, f"{type(model).__name__} on {Path(settings.adata).name}"), tmp / "loss_curve.png")
+        save(loss_curve(hist, f"{type(model).__name__} on {Path(settings.adata).name}", summary["training_marks"]),
+             tmp / "loss_curve.png")
         write_json(summary, tmp / "run.json")
+        (tmp / "report.md").write_text(run_report(summary, signed, out.name))
     shutil.rmtree(ckpt, ignore_errors=True)
     return TrainResult(out=out, model=model, data=data, summary=summary, split=parts)
 

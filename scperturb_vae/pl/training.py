@@ -18,10 +18,11 @@ LOSS_PANELS = (
 )
 
 
-def loss_curve(hist: pd.DataFrame, title: str):
+def loss_curve(hist: pd.DataFrame, title: str, marks: dict[str, float] | None = None):
     """The objective, reconstruction loss and local KL per epoch, train and validation.
 
     ``hist`` is the run's history (epochs x logged columns); columns it lacks are left out.
+    ``marks`` (label -> epoch, e.g. the end of the KL warm-up) are drawn as dashed lines.
     Returns the :class:`matplotlib.figure.Figure`.
     """
     fig, grid = new_figure(1, len(LOSS_PANELS), (4.2 * len(LOSS_PANELS), 3.4), layout=None)
@@ -29,6 +30,9 @@ def loss_curve(hist: pd.DataFrame, title: str):
         for col in cols:
             if col in hist:
                 ax.plot(hist.index, hist[col], label="validation" if "validation" in col else "train")
+        for (name, epoch), style in zip((marks or {}).items(), (":", "--", "-.")):
+            if epoch:
+                ax.axvline(float(epoch), color="0.4", linestyle=style, linewidth=1, label=name)
         ax.set_xlabel("epoch")
         ax.set_title(label)
         ax.legend(frameon=False)

@@ -251,6 +251,22 @@ def test_progress_in_a_log_file_is_plain_lines(sim_file, tmp_path):
     assert all("train loss" in line and "left" in line for line in lines)
 
 
+def test_report_is_one_page_with_the_graph_in_words_and_warnings(trained):
+    out, _ = trained
+    report = (out / "report.md").read_text()
+    for section in ("## Data", "## Settings", "## Training", "## Graph", "## Warnings", "loss_curve.png"):
+        assert section in report
+    summary = json.loads((out / "run.json").read_text())
+    edges = pd.read_csv(out / "edges.csv")
+    drawn = edges[edges["probability"] > 0.5]
+    assert f"{len(drawn)} edges with probability > 0.5" in report
+    for line in summary["graph"]["edges"][:3]:
+        assert line in report
+    # two epochs: the report says the graph may not have settled
+    assert "Only 2 epochs were trained" in report
+    assert summary["training_marks"]["KL warm-up ends"] >= 1
+
+
 def test_readme_notebook_bridge_and_signed_edges(trained, sim_file):
     """The README's "Into a notebook" lines, and the run's edges.csv."""
     import scanpy as sc

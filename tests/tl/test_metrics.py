@@ -367,7 +367,7 @@ def test_posterior_collapse_on_tiny_models(tiny_models, name):
 
 
 def test_matched_edges_name_edges_by_the_truth_and_jaccard_compares_them():
-    from scperturb_vae.tl.metrics import edge_jaccard, matched_edges
+    from scperturb_vae.tl.stability import edge_jaccard, matched_edges
 
     truth = pd.DataFrame([[1, 0], [0, 1], [0, 0]], index=["A", "B", "C"], columns=["t0", "t1"])
     run1 = pd.DataFrame([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.0, 0.0, 0.7]], index=["A", "B", "C"],
