@@ -102,6 +102,23 @@ def check_inputs_early(*, h5ad=(), folders=(), files=()) -> None:
             raise InputError(f"{label} {path} does not exist")
 
 
+ThreadsOpt = Annotated[
+    Optional[int],
+    typer.Option("--threads", help="CPU threads of torch [default: $SCVAE_THREADS, else the cores this process "
+                 "may use less the other processes' load, at least 1].", show_default=False),
+]
+
+
+def use_threads(threads: int | None) -> None:
+    """Set torch's thread count (:mod:`scperturb_vae.threads`) and say it in one log line."""
+    import logging
+
+    from scperturb_vae.threads import set_torch_threads
+
+    count, source = set_torch_threads(threads)
+    logging.getLogger("scperturb_vae").info(f"torch threads: {count} ({source})")
+
+
 def quiet_third_party_warnings() -> None:
     """Hide Lightning / scvi-tools noise (see :mod:`scperturb_vae.logs`)."""
     from scperturb_vae.logs import quiet_third_party

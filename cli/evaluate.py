@@ -18,10 +18,12 @@ from ._common import (
     OverwriteOpt,
     PerturbationKeyOpt,
     SeedOpt,
+    ThreadsOpt,
     check_inputs_early,
     quiet_third_party_warnings,
     setup_logging,
     split_list,
+    use_threads,
     user_errors,
 )
 
@@ -71,6 +73,7 @@ def evaluate(
     backed: Annotated[bool, typer.Option("--backed", help="Leave the counts on disk (read-only, backed): train from minibatches read from the file.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")] = True,
     overwrite: OverwriteOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Held-out-perturbation NLL: hold out perturbations, adapt only their prior parameters
     (networks frozen), and compare importance-sampled NLL on unseen cells across models.
@@ -95,6 +98,7 @@ def evaluate(
         from scperturb_vae.pipelines.evaluate import EvaluateSettings, format_table
         from scperturb_vae.pipelines.evaluate import evaluate as run_evaluate
 
+        use_threads(threads)
         settings = EvaluateSettings(
             out=str(out), adata=None if adata is None else str(adata),
             models=[m.lower() for m in split_list(models) or []],

@@ -10,9 +10,11 @@ import typer
 from ._common import (
     OverwriteOpt,
     SeedOpt,
+    ThreadsOpt,
     check_inputs_early,
     quiet_third_party_warnings,
     setup_logging,
+    use_threads,
     user_errors,
 )
 
@@ -49,6 +51,7 @@ def interpret(
     threshold: Annotated[float, typer.Option("--threshold", help="Graph probability above which a perturbation targets a latent.")] = 0.5,
     seed: SeedOpt = 0,
     overwrite: OverwriteOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Interpret a trained run: gene effects per latent, gene-set enrichment, targets, plots.
 
@@ -76,6 +79,7 @@ def interpret(
                                   ("groups file", groups)])
         from scperturb_vae.pipelines.interpret import interpret_run
 
+        use_threads(threads)
         quiet_third_party_warnings()
         result = interpret_run(
             run, gene_sets, out, groups=groups, adata=adata, top_n=top_n, n_cells=n_cells, latents=latents,

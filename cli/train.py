@@ -19,10 +19,12 @@ from ._common import (
     OverwriteOpt,
     PerturbationKeyOpt,
     SeedOpt,
+    ThreadsOpt,
     check_inputs_early,
     quiet_third_party_warnings,
     setup_logging,
     split_list,
+    use_threads,
     user_errors,
 )
 
@@ -70,6 +72,7 @@ def train(
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Save a checkpoint for --resume every this many epochs.")] = 1,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
     overwrite: OverwriteOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Train a perturbation-prior model and write its run folder.
 
@@ -125,6 +128,7 @@ def train(
             clusters=None if clusters is None else str(clusters), n_clusters=n_clusters,
             adapt_fraction=adapt_fraction, resume=resume, checkpoint_every=checkpoint_every, strategy=strategy, backed=backed,
         )
+        use_threads(threads)
         quiet_third_party_warnings()
         try:
             result = train_run(settings, progress_bar=progress)

@@ -43,6 +43,7 @@ import scipy.sparse as sp
 from scipy.spatial.distance import cdist
 
 from scperturb_vae.errors import InputError
+from scperturb_vae.threads import keep_torch_threads
 
 logger = logging.getLogger("scperturb_vae")
 
@@ -74,7 +75,8 @@ def _rank_genes(lognorm, labels: np.ndarray, control: str, groups: list[str]) ->
 
     lognorm = lognorm.copy() if lognorm.is_view else lognorm
     lognorm.obs["_group"] = pd.Categorical(labels)
-    with warnings.catch_warnings():  # scanpy's fragmented-frame and pandas deprecation notes
+    # scanpy's fragmented-frame and pandas deprecation notes; numba may change torch's threads
+    with warnings.catch_warnings(), keep_torch_threads():
         warnings.simplefilter("ignore")
         sc.tl.rank_genes_groups(lognorm, "_group", groups=groups, reference=control, method="wilcoxon",
                                 key_added="_de", tie_correct=True)
