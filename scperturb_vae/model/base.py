@@ -385,7 +385,7 @@ class PerturbationModelBase(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
         indices=None,
         n_mc_samples: int = 1000,
         batch_size: int | None = 128,
-        n_mc_samples_per_pass: int = 100,
+        n_mc_samples_per_pass: int | None = None,
         return_mean: bool = False,
         return_stderr: bool = False,
     ):

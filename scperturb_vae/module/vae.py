@@ -42,6 +42,21 @@ Likelihood = Literal["nb", "zinb", "poisson"]
 Norm = Literal["layer", "batch", "none"]
 
 
+#: bytes one pass of the importance sampling may hold (the README's figure)
+IS_MEMORY_BUDGET = 1 << 30
+#: float32 samples x cells x genes arrays alive at once in a pass (decoded scale, rate,
+#: dispersion terms, log-likelihood): 100 samples x 128 cells x 20k genes took about 6 GB
+IS_ARRAYS_PER_PASS = 6
+#: the most samples per pass (more saves little time)
+MAX_SAMPLES_PER_PASS = 100
+
+
+def samples_per_pass(n_genes: int, n_cells: int, budget: int = IS_MEMORY_BUDGET) -> int:
+    """Importance samples per pass so that ``n_cells x n_genes`` stays within ``budget`` bytes."""
+    per_sample = 4 * IS_ARRAYS_PER_PASS * max(1, n_genes) * max(1, n_cells)
+    return int(min(MAX_SAMPLES_PER_PASS, max(1, budget // per_sample)))
+
+
 class PerturbationVAEModule(BaseModuleClass):
     """Encoder / decoder / likelihood shared by sVAE+, sVAE, iVAE and VAE.
 
@@ -266,7 +281,7 @@ class PerturbationVAEModule(BaseModuleClass):
         self,
         tensors: dict,
         n_mc_samples: int = 1000,
-        n_mc_samples_per_pass: int = 100,
+        n_mc_samples_per_pass: int | None = None,
         return_stderr: bool = False,
         return_mean: bool = False,
         pert_idx: torch.Tensor | None = None,
@@ -277,8 +292,13 @@ class PerturbationVAEModule(BaseModuleClass):
         log q(z_s|x)``, ``z_s ~ q(z|x)``, computed in chunks of ``n_mc_samples_per_pass``
         samples so memory stays bounded.  With ``return_stderr``, also the delta-method
         Monte Carlo standard error of the estimate, ``sqrt(Var(w) / S) / mean(w)``.
-        ``pert_idx`` is passed to :meth:`log_weights`.
+        ``pert_idx`` is passed to :meth:`log_weights`.  ``n_mc_samples_per_pass=None`` sizes
+        the chunk from the minibatch and the genes (:func:`samples_per_pass`), so a pass
+        stays within :data:`IS_MEMORY_BUDGET`.
         """
+        if n_mc_samples_per_pass is None:
+            x = tensors[REGISTRY_KEYS.X_KEY]
+            n_mc_samples_per_pass = samples_per_pass(int(x.shape[-1]), int(x.shape[0]))
         n_left = int(n_mc_samples)
         lse = lse2 = None
         while n_left > 0:

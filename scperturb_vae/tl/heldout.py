@@ -269,7 +269,7 @@ def heldout_log_likelihood(
     cells: HeldoutCells,
     *,
     n_samples: int = 1000,
-    n_samples_per_pass: int = 100,
+    n_samples_per_pass: int | None = None,
     batch_size: int = 128,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -317,3 +317,15 @@ def test_cell_counts_follow_new_perturbations():
     with pytest.raises(ValueError):
         SparseShiftPrior(2, 2, slab="cauchy")
     assert SparseShiftPrior(2, 2, kl_estimator="mixture").edge_evidence() is None
+
+
+def test_importance_sampling_chunk_fits_the_memory_budget():
+    from scperturb_vae.module.vae import IS_ARRAYS_PER_PASS, IS_MEMORY_BUDGET, samples_per_pass
+
+    assert samples_per_pass(1000, 128) == 100  # small screens: the full chunk, as before
+    for genes in (8000, 20000, 60000):
+        n = samples_per_pass(genes, 128)
+        assert 1 <= n < 100
+        assert n * 128 * genes * 4 * IS_ARRAYS_PER_PASS <= IS_MEMORY_BUDGET  # within the budget ...
+        assert (n + 1) * 128 * genes * 4 * IS_ARRAYS_PER_PASS > IS_MEMORY_BUDGET  # ... and not wastefully small
+    assert samples_per_pass(10**7, 128) == 1
