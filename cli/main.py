@@ -15,6 +15,7 @@ from . import benchmark as _benchmark
 from . import clusters as _clusters
 from . import evaluate as _evaluate
 from . import interpret as _interpret
+from . import predict as _predict
 from . import prepare as _prepare
 from . import score as _score
 from . import simulate as _simulate
@@ -62,6 +63,7 @@ app.command("train")(_train.train)
 app.command("clusters")(_clusters.clusters)
 app.command("interpret")(_interpret.interpret)
 app.command("evaluate")(_evaluate.evaluate)
+app.command("predict")(_predict.predict)
 app.command("score")(_score.score)
 app.command("benchmark")(_benchmark.benchmark)
 app.command("bench")(_bench.bench)

@@ -454,6 +454,19 @@ class PerturbationModelBase(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
             columns=pd.Index(self.latent_names, name="latent"),
         )
 
+    def predict(self, perturbations, *, n_cells: int | None = 1000, sample_counts: bool = False, seed: int = 0):
+        """Counterfactual expression of trained perturbations and their combinations ``A+B``.
+
+        Control cells are moved by the prior's transport to ``p(z | a)`` and decoded; returns
+        a :class:`~scperturb_vae.model.predict.Prediction` (normalised means per target, the
+        ATE against control, sampled counts when asked).  See :mod:`scperturb_vae.model.predict`
+        for the estimator.
+        """
+        from scperturb_vae.model.predict import predict_expression
+
+        self._check_if_trained(warn=False)
+        return predict_expression(self, perturbations, n_cells=n_cells, sample_counts=sample_counts, seed=seed)
+
     def get_signed_graph(self, adata: AnnData | None = None, latent: np.ndarray | None = None) -> pd.DataFrame:
         """The graph in long form, with the direction and size of each effect.
 

@@ -114,6 +114,14 @@ class Prior(nn.Module):
         """Perturbation x latent mean of ``p(z | a)`` in units of the control prior's sd (None: no shift)."""
         return None
 
+    def counterfactual(self, z: torch.Tensor, pert_idx: torch.Tensor) -> torch.Tensor:
+        """Where a control cell's latent ``z`` (under ``N(0, I)``) goes under perturbations ``pert_idx``.
+
+        The prior's own transport from the control prior to ``p(z | a)``; the identity here
+        (a prior without perturbations predicts the control).
+        """
+        return z
+
     def prior_parameters(self) -> list[nn.Parameter]:
         """The parameters that belong to the prior (optimised with their own settings)."""
         return list(self.parameters())
@@ -269,6 +277,12 @@ class SparseShiftPrior(Prior):
     def prior_shift(self) -> torch.Tensor:
         """The slab shift of each edge, applied where the mask is on (N(0, 1) control prior)."""
         return self.shift
+
+    def counterfactual(self, z: torch.Tensor, pert_idx: torch.Tensor) -> torch.Tensor:
+        """``z + sum_a pi_a * mu_a``: the expected shift of the masks (a combination adds its parts')."""
+        shift, valid = _gather(self.shift, pert_idx)
+        prob, _ = _gather(self.mask_probability, pert_idx)
+        return z + (prob * shift * valid).sum(-2)
 
     def edge_evidence(self) -> torch.Tensor | None:
         """Log Bayes factor (nats) of each edge: ``logit(rho) - logit(p0)`` (``"shared"`` only).
@@ -442,6 +456,11 @@ class ConditionalGaussianPrior(Prior):
 
     def prior_shift(self) -> torch.Tensor:
         return self.mean
+
+    def counterfactual(self, z: torch.Tensor, pert_idx: torch.Tensor) -> torch.Tensor:
+        """``m_a + s_a * z``: the Gaussian transport from ``N(0, I)`` to ``p(z | a) = N(m_a, s_a^2)``."""
+        m, lv = self._params(pert_idx)
+        return m + torch.exp(0.5 * lv) * z
 
     def intervention_graph(self):
         lv = self._bounded_log_var(self.log_var)

@@ -267,6 +267,26 @@ def test_report_is_one_page_with_the_graph_in_words_and_warnings(trained):
     assert summary["training_marks"]["KL warm-up ends"] >= 1
 
 
+def test_predict_writes_cell_evals_layout(runner, trained, sim_file, tmp_path):
+    out, _ = trained
+    graph = pd.read_csv(out / "intervention_graph.csv", index_col=0)
+    a, b = [str(p) for p in graph.index[:2]]
+    result = invoke(runner, "predict", "--run", out, "--perturbations", f"{a},{b},{a}+{b}", "--n-cells", 20,
+                    "--out", tmp_path / "pred")
+    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+    pred = ad.read_h5ad(tmp_path / "pred" / "pred.h5ad")
+    assert list(pred.obs["target"].cat.categories) == ["control", a, b, f"{a}+{b}"]
+    assert (pred.obs["target"].value_counts() == 20).all()
+    assert list(pred.var_names) == list(ad.read_h5ad(sim_file, backed="r").var_names)
+    totals = np.expm1(pred.X.toarray()).sum(1)
+    np.testing.assert_allclose(totals[pred.layers["counts"].sum(1).A1 > 0], 1e4, rtol=1e-3)  # log1p-normalised
+    assert pred.uns["scvae_predict"]["control_label"] == "control"
+    ate = pd.read_csv(tmp_path / "pred" / "ate.csv", index_col=0)
+    assert list(ate.index) == [a, b, f"{a}+{b}"] and np.isfinite(ate.to_numpy()).all()
+    bad = invoke(runner, "predict", "--run", out, "--perturbations", "NOPE", "--out", tmp_path / "bad")
+    assert "not trained" in assert_user_error(bad, 2) and not (tmp_path / "bad").exists()
+
+
 def test_readme_notebook_bridge_and_signed_edges(trained, sim_file):
     """The README's "Into a notebook" lines, and the run's edges.csv."""
     import scanpy as sc

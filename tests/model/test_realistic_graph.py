@@ -82,3 +82,52 @@ def test_signed_graph_gets_the_direction_of_every_recovered_edge(fitted):
     first = edges.iloc[0]
     assert first["n_cells"] == counts[first["perturbation"]]
     assert np.isfinite(edges["evidence"]).all()
+
+
+def _observed_means(adata, label: str, genes) -> np.ndarray:
+    counts = adata[adata.obs["perturbation"].astype(str) == label].X
+    counts = counts.toarray() if hasattr(counts, "toarray") else np.asarray(counts)
+    return (counts / counts.sum(1, keepdims=True) * 1e4).mean(0)
+
+
+def test_predicted_effects_follow_the_observed_ones(fitted):
+    adata, model = fitted
+    truth = graph_from_adata(adata)
+    effective = [p for p in truth.index if truth.loc[p].any()]
+    null = [p for p in truth.index if not truth.loc[p].any()]
+    pred = model.predict(effective + null, n_cells=400)
+    assert list(pred.means.index) == ["control", *effective, *null]
+    assert list(pred.means.columns) == list(adata.var_names)
+    assert np.allclose(pred.means.sum(1), 1e4, rtol=1e-4)  # normalised means
+    control = _observed_means(adata, "control", adata.var_names)
+    corr = []
+    for p in effective:
+        observed = _observed_means(adata, p, adata.var_names) - control
+        top = np.argsort(-np.abs(observed))[:50]  # the genes the perturbation moves most
+        corr.append(np.corrcoef(pred.ate.loc[p].to_numpy()[top], observed[top])[0, 1])
+    # the control baseline predicts no effect (correlation undefined, error = the effect itself)
+    assert np.median(corr) > 0.6, corr
+    size = pred.ate.abs().sum(1)
+    assert size[null].median() < 0.5 * size[effective].median()  # nulls predicted near the control
+
+
+def test_combination_prediction_adds_the_shifts_and_the_vae_predicts_control(fitted):
+    adata, model = fitted
+    truth = graph_from_adata(adata)
+    a, b = [p for p in truth.index if truth.loc[p].any()][:2]
+    pred = model.predict([a, b, f"{a}+{b}"], n_cells=300, sample_counts=True, seed=1)
+    additive = pred.ate.loc[a] + pred.ate.loc[b]
+    assert np.corrcoef(pred.ate.loc[f"{a}+{b}"], additive)[0, 1] > 0.8
+    cells = pred.cells
+    assert cells.shape == (4 * 300, adata.n_vars) and set(cells.obs["target"]) == {"control", a, b, f"{a}+{b}"}
+    again = model.predict([a, b, f"{a}+{b}"], n_cells=300, sample_counts=True, seed=1).cells
+    assert (cells.X != again.X).nnz == 0  # a seed fixes the sampled counts
+    with pytest.raises(sv.InputError, match="not trained"):
+        model.predict(["NOT_A_GENE"])
+
+    scvi.settings.seed = 0
+    vae_data = adata.copy()
+    sv.VAE.setup_anndata(vae_data)
+    vae = sv.VAE(vae_data, n_latent=4)
+    vae.train(max_epochs=2, enable_progress_bar=False)
+    assert np.abs(vae.predict([a]).ate.to_numpy()).max() < 1e-6  # no perturbation parameters
