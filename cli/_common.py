@@ -110,13 +110,10 @@ ThreadsOpt = Annotated[
 
 
 def use_threads(threads: int | None) -> None:
-    """Set torch's thread count (:mod:`scperturb_vae.threads`) and say it in one log line."""
-    import logging
-
+    """Set torch's thread count (:mod:`scperturb_vae.threads`); run.json records it."""
     from scperturb_vae.threads import set_torch_threads
 
-    count, source = set_torch_threads(threads)
-    logging.getLogger("scperturb_vae").info(f"torch threads: {count} ({source})")
+    set_torch_threads(threads)
 
 
 def quiet_third_party_warnings() -> None:

@@ -145,7 +145,8 @@ def _report(result) -> None:
     g = s["graph"]
     typer.echo(f"trained {s['model_class']} on {s['resolved']['n_cells']} cells x {s['resolved']['n_genes']} genes "
                f"({s['resolved']['n_perturbations']} perturbations, control '{s['resolved']['control_label']}') "
-               f"in {s['timing']['train_seconds']:.1f} s ({s['timing']['seconds_per_epoch']:.2f} s/epoch)")
+               f"in {s['timing']['train_seconds']:.1f} s ({s['timing']['seconds_per_epoch']:.2f} s/epoch, "
+               f"{s['timing']['torch_threads']} torch threads)")
     typer.echo(f"graph: {g['edges_above_0.5']} of {g['n_perturbations'] * g['n_latent']} perturbation x latent "
                f"probabilities > 0.5; {100 * g['fraction_below_0.05']:.1f}% < 0.05")
     edges = g.get("edges") or []
