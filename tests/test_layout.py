@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "scperturb_vae"
 
 #: bottom to top: a module may import from its own layer and the ones before it
 LAYERS = ("base", "data", "module", "train", "model", "get", "tl", "pl", "pipelines", "bench")
-BASE_MODULES = {"errors", "io", "logs"}
+BASE_MODULES = {"errors", "io", "logs", "threads"}
 
 
 def _layer(module: str) -> str | None:

@@ -97,10 +97,11 @@ def train_model(
 
 
 def training_record(trained, seconds: float) -> dict[str, Any]:
-    """Epochs, seconds, cells and the last epoch's metrics of a trained model."""
+    """Epochs (and the one early stopping stopped after), seconds, cells and the last epoch's metrics."""
     hist = history_frame(trained.history)
     return {
         "epochs": len(hist),
+        "stopped_early_after_epoch": getattr(trained, "stopped_epoch", None),
         "seconds": round(seconds, 3),
         "n_train_cells": _count(getattr(trained, "train_indices", None)),
         "n_validation_cells": _count(getattr(trained, "validation_indices", None)),
@@ -215,8 +216,13 @@ def fit(
     )
     record = training_record(trained, seconds)
     latent, graph = embed_arrays(trained, adata)
+    planned = max_epochs
+    if planned is None:  # the epoch rule model.train applied
+        from scvi.model._utils import get_max_epochs_heuristic
+
+        planned = get_max_epochs_heuristic(trained.adata.n_obs)
     params = {
-        "n_latent": int(n_latent), "max_epochs": record["epochs"], "batch_size": int(batch_size),
+        "n_latent": int(n_latent), "max_epochs": int(planned), "batch_size": int(batch_size),
         "lr": float(lr), "likelihood": likelihood, "seed": int(seed), "min_cells": int(min_cells),
         "model_kwargs": dict(model_kwargs), "train_kwargs": dict(train_kwargs or {}),
         "init_params": model_params(trained),

@@ -277,6 +277,11 @@ class Context:
             run = run if run is not None else self.run
             argv = ["score", "--run", run, "--truth", adata, "--out", out]
             inputs = [*inputs, run]
+        elif command == "predict":
+            run = run if run is not None else self.run
+            perturbation = next(p for p in PERTURBATIONS if p != "control")
+            argv = ["predict", "--run", run, "--perturbations", perturbation, "--n-cells", "10", "--out", out]
+            inputs = [*inputs, run]
         else:  # pragma: no cover
             raise AssertionError(command)
         inputs = [*inputs, adata, self.gmt] + ([gene_sets] if gene_sets is not None else [])
@@ -288,7 +293,8 @@ H5AD_READERS = ("train", "clusters", "evaluate", "interpret")
 # (its job), so only the other faults are errors for it
 PREPARE = ("prepare",)
 FILE_READERS = H5AD_READERS + ("score",)  # score reads the truth file, not its counts
-ALL_COMMANDS = ("simulate", "prepare", "train", "clusters", "evaluate", "interpret", "score", "benchmark", "bench")
+ALL_COMMANDS = ("simulate", "prepare", "train", "clusters", "evaluate", "interpret", "score", "predict", "benchmark",
+                "bench")
 
 
 def _h5ad_case(kind: str, *, subprocess_for: tuple[str, ...] = ()):
@@ -375,6 +381,14 @@ def _unwritable(ctx: Context, command: str) -> Call:
     return ctx.call(command, out=out, expected=3)
 
 
+def _predict_unknown(ctx: Context, command: str) -> Call:
+    """A target the run never trained on (nor a combination of trained ones)."""
+    call = ctx.call(command)
+    argv = list(call.argv)
+    argv[argv.index("--perturbations") + 1] = "NOT_A_GENE+P000"
+    return Call(argv, call.out, call.inputs, call.expected, call.subprocess)
+
+
 def _too_few_cells(ctx: Context, command: str) -> Call:
     if command == "simulate":
         return ctx.call(command, extra=["--n-cells-per-perturbation", "0"])
@@ -426,9 +440,10 @@ CASES: dict[str, tuple[tuple[str, ...], Callable[[Context, str], Call]]] = {
     "gene-sets-missing": (("interpret",), _gene_sets_file("missing")),
     "gene-sets-directory": (("interpret",), _gene_sets_file("directory")),
     "gene-sets-binary": (("interpret",), _gene_sets_file("binary")),
-    "run-missing": (("interpret", "score", "evaluate-model"), _run_folder("missing")),
-    "run-is-a-file": (("interpret", "score", "evaluate-model"), _run_folder("file")),
-    "run-empty-folder": (("interpret", "score", "evaluate-model"), _run_folder("empty")),
+    "run-missing": (("interpret", "score", "predict", "evaluate-model"), _run_folder("missing")),
+    "run-is-a-file": (("interpret", "score", "predict", "evaluate-model"), _run_folder("file")),
+    "run-empty-folder": (("interpret", "score", "predict", "evaluate-model"), _run_folder("empty")),
+    "predict-unknown-perturbation": (("predict",), _predict_unknown),
     # outputs and sizes
     "unwritable-output": (ALL_COMMANDS + ("evaluate-model",), _unwritable),
     "too-few-cells": (("simulate", "train", "evaluate", "bench"), _too_few_cells),
@@ -445,7 +460,7 @@ PARAMS = [
                  if (case, command) in KNOWN_FAILURES else [])
     for case, (commands, _) in CASES.items() for command in commands
 ]
-NEEDS_RUN = ("interpret", "score", "evaluate-model")
+NEEDS_RUN = ("interpret", "score", "predict", "evaluate-model")
 
 
 # --------------------------------------------------------------------------- running a call

@@ -94,7 +94,9 @@ def test_fit_writes_latents_graph_and_settings(fitted, sim):
     p = entry["params"]
     assert p["n_latent"] == N_LATENT and p["max_epochs"] == EPOCHS and p["seed"] == 0 and p["lr"] == 1e-3
     assert p["init_params"]["beta_k"] == 100.0 and p["init_params"]["kl_estimator"] == "shared"
-    assert entry["training"]["epochs"] == EPOCHS
+    # every epoch, or those up to the early stop (a plateau of the validation loss)
+    stopped = entry["training"].get("stopped_early_after_epoch")
+    assert entry["training"]["epochs"] == (EPOCHS if stopped is None else stopped) == len(model.history["elbo_train"])
     assert entry["training"]["n_train_cells"] + entry["training"]["n_validation_cells"] == sim.n_obs
     assert np.isfinite(entry["training"]["final_metrics"]["train_loss"])
     assert entry["versions"]["scvi-tools"].startswith("1.") and entry["source"] == "tl.fit"
