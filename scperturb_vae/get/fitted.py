@@ -15,7 +15,7 @@ import pandas as pd
 
 from scperturb_vae.errors import InputError
 
-__all__ = ["GENE_EFFECTS_SUFFIX", "effects_key", "fitted_keys", "gene_effects", "graph", "latent", "latent_names",
+__all__ = ["GENE_EFFECTS_SUFFIX", "edge_shifts", "effects_key", "fitted_keys", "gene_effects", "graph", "latent", "latent_names",
            "resolve_key"]
 
 #: ``varm[key + GENE_EFFECTS_SUFFIX]`` holds a model's gene effects.
@@ -51,6 +51,17 @@ def graph(adata, key: str) -> pd.DataFrame:
     table = adata.uns[key].get("intervention_graph")
     if not isinstance(table, pd.DataFrame):
         raise InputError(f"adata.uns[{key!r}] has no intervention graph DataFrame; run tl.fit or tl.embed again")
+    table = table.astype(np.float64)
+    table.index = pd.Index(table.index.astype(str), name="perturbation")
+    table.columns = pd.Index(table.columns.astype(str), name="latent")
+    return table
+
+
+def edge_shifts(adata, key: str) -> pd.DataFrame | None:
+    """``uns[key]["edge_shift_sd"]``: each perturbation's shift of each latent in control sd (None: absent)."""
+    table = adata.uns[key].get("edge_shift_sd")
+    if not isinstance(table, pd.DataFrame):
+        return None
     table = table.astype(np.float64)
     table.index = pd.Index(table.index.astype(str), name="perturbation")
     table.columns = pd.Index(table.columns.astype(str), name="latent")

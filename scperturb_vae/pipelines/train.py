@@ -369,7 +369,7 @@ def _latent_adata(settings: TrainSettings, data: PerturbationData, adata, model,
     """
     import anndata as ad
 
-    from scperturb_vae.tl.store import default_key, store
+    from scperturb_vae.tl.store import default_key, shift_table, store
 
     obs = adata.obs[[c for c in adata.obs.columns if not c.startswith("_scvi")]].copy()
     latent_adata = ad.AnnData(
@@ -385,8 +385,9 @@ def _latent_adata(settings: TrainSettings, data: PerturbationData, adata, model,
         "run_json": json.dumps(summary, default=str),
     }
     run_settings = {k: v for k, v in summary.get("settings", {}).items() if k not in ("out", "overwrite")}
+    shifts = shift_table(model.get_signed_graph(latent=latent), graph)
     store(latent_adata, default_key(model), model, latent, graph, {"run_settings": run_settings},
-          {"source": "scvae train"})
+          {"source": "scvae train"}, shifts)
     return latent_adata
 
 

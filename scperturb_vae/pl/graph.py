@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from scperturb_vae.errors import InputError
+from scperturb_vae.get.fitted import edge_shifts as read_shifts
 from scperturb_vae.get.fitted import graph as read_graph
 from scperturb_vae.get.fitted import latent as read_latent
 from scperturb_vae.pl.base import cluster_order, fitted_key, given_axes, heatmap, is_adata, new_figure
@@ -34,8 +35,9 @@ def graph_size(n_rows: int, n_cols: int, n_panels: int = 1, max_width: float = 2
 
 def graph_heatmaps(panels: Sequence[tuple[pd.DataFrame, str]], figsize: tuple[float, float], *, ax=None,
                    what: str = "graph", colorbar_label: str = GRAPH_LABEL, shared_colorbar: bool = False,
-                   suptitle: str | None = None):
-    """Draw graphs side by side: one viridis heatmap in [0, 1] per ``(frame, title)``.
+                   suptitle: str | None = None, signed: bool = False):
+    """Draw graphs side by side: one viridis heatmap in [0, 1] per ``(frame, title)``
+    (``signed``: a diverging one in [-1, 1], probabilities signed by the shift's direction).
 
     x: latents, y: perturbations (labelled on the first panel only).  Each panel has its
     colour bar (the label on the last one), or with ``shared_colorbar`` one bar serves all.
@@ -50,8 +52,8 @@ def graph_heatmaps(panels: Sequence[tuple[pd.DataFrame, str]], figsize: tuple[fl
     image = None
     for i, (frame, title) in enumerate(panels):
         image = heatmap(axes[i], frame.to_numpy(dtype=float), list(frame.index), list(frame.columns),
-                        cmap="viridis", vmin=0.0, vmax=1.0, title=title, xlabel="latent", ylabel="perturbation",
-                        row_labels=(i == 0))
+                        cmap="RdBu_r" if signed else "viridis", vmin=-1.0 if signed else 0.0, vmax=1.0, title=title,
+                        xlabel="latent", ylabel="perturbation", row_labels=(i == 0))
         if not shared_colorbar:
             fig.colorbar(image, ax=axes[i], fraction=0.05, pad=0.02,
                          label=colorbar_label if i == len(panels) - 1 else None)
@@ -78,11 +80,20 @@ def _matched_columns(adata, key: str, truth: pd.DataFrame, learned: pd.DataFrame
     return [learned.columns[c] if c >= 0 else None for c in np.asarray(result.assignment)]
 
 
-def _learned_graph(data, key: str | None):
-    """``(graph, default title, fitted key or None)`` of an AnnData or a DataFrame."""
+#: the colour bar of a signed graph
+SIGNED_LABEL = "P(edge), signed by the shift (red: raises, blue: lowers)"
+
+
+def _learned_graph(data, key: str | None, signed: bool = False):
+    """``(graph, default title, fitted key or None)`` of an AnnData or a DataFrame; with
+    ``signed`` (and the shifts stored), the probabilities carry the sign of each shift."""
     if is_adata(data):
         k = fitted_key(data, key)
-        return read_graph(data, k), f"intervention graph ({k})", k
+        table = read_graph(data, k)
+        shifts = read_shifts(data, k) if signed else None
+        if shifts is not None:
+            table = table * np.sign(shifts.loc[table.index, table.columns].to_numpy())
+        return table, f"intervention graph ({k})", k
     if isinstance(data, pd.DataFrame):
         return data.astype(float), "intervention graph", None
     raise InputError(f"graph takes an AnnData or a DataFrame, not {type(data).__name__}")
@@ -102,9 +113,10 @@ def _true_graph(data, truth) -> pd.DataFrame | None:
     return None
 
 
-def _graph_panels(data, key, truth, cluster: bool, title: str | None) -> list[tuple[pd.DataFrame, str]]:
+def _graph_panels(data, key, truth, cluster: bool, title: str | None,
+                  signed: bool = False) -> list[tuple[pd.DataFrame, str]]:
     """The panels of :func:`graph`: the learned graph, and beside it the true one."""
-    learned, default_title, k = _learned_graph(data, key)
+    learned, default_title, k = _learned_graph(data, key, signed)
     if learned.empty:
         raise InputError("the intervention graph is empty")
     true = _true_graph(data, truth)
@@ -132,6 +144,7 @@ def graph(
     truth=None,
     cluster: bool = True,
     title: str | None = None,
+    signed: bool = True,
     ax=None,
     save: str | os.PathLike | None = None,
 ):
@@ -156,6 +169,10 @@ def graph(
         by the true graph's clustering (with ``truth``).
     title
         Title of the (learned) panel.
+    signed
+        Colour each probability by the direction of the perturbation's shift (a diverging
+        map in [-1, 1]: red raises the latent, blue lowers it), where the AnnData holds the
+        shifts (``uns[key]["edge_shift_sd"]``) and no ``truth`` is drawn.
     ax
         One Axes (two with ``truth``).
     save
@@ -167,8 +184,11 @@ def graph(
         One heatmap panel per graph, each with a colour bar; x: latents, y: perturbations
         (labelled when at most 150).
     """
-    panels = _graph_panels(data, key, truth, cluster, title)
+    signed = bool(signed and truth in (None, False) and is_adata(data)
+                  and read_shifts(data, fitted_key(data, key)) is not None)
+    panels = _graph_panels(data, key, truth, cluster, title, signed)
     size = graph_size(panels[0][0].shape[0], sum(p[0].shape[1] for p in panels), len(panels))
-    fig = graph_heatmaps(panels, size, ax=ax, what="graph" + (" with truth" if len(panels) > 1 else ""))
+    fig = graph_heatmaps(panels, size, ax=ax, what="graph" + (" with truth" if len(panels) > 1 else ""),
+                         signed=signed, colorbar_label=SIGNED_LABEL if signed else GRAPH_LABEL)
     save_figure(fig, save)
     return fig

@@ -215,7 +215,7 @@ def fit(
         accelerator=accelerator, devices=devices, model_kwargs=model_kwargs, train_kwargs=train_kwargs,
     )
     record = training_record(trained, seconds)
-    latent, graph = embed_arrays(trained, adata)
+    latent, graph, shifts = embed_arrays(trained, adata)
     planned = max_epochs
     if planned is None:  # the epoch rule model.train applied
         from scvi.model._utils import get_max_epochs_heuristic
@@ -227,7 +227,7 @@ def fit(
         "model_kwargs": dict(model_kwargs), "train_kwargs": dict(train_kwargs or {}),
         "init_params": model_params(trained),
     }
-    store(adata, key, trained, latent, graph, params, {"training": record, "source": "tl.fit"})
+    store(adata, key, trained, latent, graph, params, {"training": record, "source": "tl.fit"}, shifts)
     logger.info(f"tl.fit: {type(trained).__name__} trained for {record['epochs']} epochs; wrote "
                 f"obsm['X_{key}'] and uns['{key}']")
     return (adata, trained) if copy else trained
@@ -269,7 +269,7 @@ def embed(adata, model, *, key_added: str | None = None, copy: bool = False):
     key = key_for_model(adata, trained, key_added)
     if copy:
         adata = adata.copy()
-    latent, graph = embed_arrays(trained, adata)
+    latent, graph, shifts = embed_arrays(trained, adata)
     params: dict[str, Any] = {"init_params": model_params(trained)}
     extra: dict[str, Any] = {"source": "tl.embed"}
     if run_dir is not None:
@@ -278,7 +278,7 @@ def embed(adata, model, *, key_added: str | None = None, copy: bool = False):
         settings = read_run_summary(run_dir).get("settings", {})
         params["run_settings"] = {k: v for k, v in settings.items() if k not in ("out", "overwrite")}
         extra["run_dir"] = run_dir
-    store(adata, key, trained, latent, graph, params, extra)
+    store(adata, key, trained, latent, graph, params, extra, shifts)
     return adata if copy else None
 
 

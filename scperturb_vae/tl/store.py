@@ -110,7 +110,8 @@ def with_setup(model, adata, action: str):
         raise InputError(f"this AnnData cannot be used with the model ({text})") from None
 
 
-def store(adata, key: str, model, latent: np.ndarray, graph: pd.DataFrame, params: dict, extra: dict) -> None:
+def store(adata, key: str, model, latent: np.ndarray, graph: pd.DataFrame, params: dict, extra: dict,
+          shifts: pd.DataFrame | None = None) -> None:
     name = model_name(model)
     obsm_key = "X_" + key
     adata.obsm[obsm_key] = np.asarray(latent, dtype=np.float32)
@@ -124,6 +125,7 @@ def store(adata, key: str, model, latent: np.ndarray, graph: pd.DataFrame, param
         "layer": setup_value(model, "layer"),
         "batch_key": setup_value(model, "batch_key"),
         "intervention_graph": graph.astype(np.float64),
+        "edge_shift_sd": None if shifts is None else shifts.astype(np.float64),
         "edge_evidence": model.get_edge_evidence(),
         "params": params,
         "versions": package_versions(),
@@ -132,7 +134,15 @@ def store(adata, key: str, model, latent: np.ndarray, graph: pd.DataFrame, param
     adata.uns[key] = writable(entry)
 
 
+def shift_table(signed: pd.DataFrame, graph: pd.DataFrame) -> pd.DataFrame:
+    """A signed graph's ``shift_sd`` as perturbations x latents, in ``graph``'s order."""
+    wide = signed.pivot(index="perturbation", columns="latent", values="shift_sd")
+    return wide.loc[graph.index.astype(str), graph.columns.astype(str)]
+
+
 def embed_arrays(model, adata):
+    """``(latent, graph, shifts)``: posterior means, the graph and each edge's shift in control sd."""
     latent = with_setup(model, adata, lambda a: model.get_latent_representation(a))
     graph = with_setup(model, adata, lambda a: model.get_intervention_graph(a, latent=latent))
-    return latent, graph
+    signed = with_setup(model, adata, lambda a: model.get_signed_graph(a, latent=latent))
+    return latent, graph, shift_table(signed, graph)

@@ -378,7 +378,7 @@ def test_graph_heatmap_alone_and_beside_the_truth(fitted, tmp_path):
     import matplotlib.pyplot as plt
 
     adata, model = fitted
-    fig = pl.graph(adata, save=tmp_path / "graph.png")
+    fig = pl.graph(adata, save=tmp_path / "graph.png", signed=False)
     assert len(fig.axes) == 2  # the heatmap and its colour bar
     ax = fig.axes[0]
     assert ax.get_title().startswith("intervention graph (svae)")
@@ -390,6 +390,17 @@ def test_graph_heatmap_alone_and_beside_the_truth(fitted, tmp_path):
     graph = adata.uns["svae"]["intervention_graph"]
     np.testing.assert_allclose(ax.images[0].get_array(), graph.loc[rows, cols].to_numpy())
     assert _is_png(tmp_path / "graph.png")
+
+    # by default the probabilities carry the direction of each shift (diverging colours)
+    fig = pl.graph(adata)
+    ax = fig.axes[0]
+    rows, cols = _texts(ax.get_yticklabels()), _texts(ax.get_xticklabels())
+    shifts = adata.uns["svae"]["edge_shift_sd"].loc[rows, cols].to_numpy()
+    expected = graph.loc[rows, cols].to_numpy() * np.sign(shifts)
+    np.testing.assert_allclose(ax.images[0].get_array(), expected)
+    assert ax.images[0].get_cmap().name == "RdBu_r" and ax.images[0].get_clim() == (-1.0, 1.0)
+    assert (expected < -0.5).any() or (expected > 0.5).any()
+    assert "signed" in fig.axes[1].get_ylabel()
 
     fig = pl.graph(adata, truth=True)
     assert len(fig.axes) == 4
