@@ -186,6 +186,7 @@ def latent_traversal(
     adata=None,
     batch_size: int = 256,
     n_top_genes: int = 10,
+    latent_sd: float | None = None,
 ) -> pd.DataFrame:
     """Decoded log mean expression of genes as one latent moves around real cells.
 
@@ -207,6 +208,9 @@ def latent_traversal(
     genes
         Genes to report (case-insensitive).  Default: the ``n_top_genes`` genes whose
         value changes most between the smallest and the largest shift.
+    latent_sd
+        The unit of ``values`` (default: the sd over these cells); pass the sd of
+        :func:`gene_effects` so that a report gives one sd per latent.
 
     Returns
     -------
@@ -233,6 +237,7 @@ def latent_traversal(
         selected = np.array([lookup[str(g).upper()] for g in genes])
     dec = _Decoder(model, adata, n_cells, seed, batch_size)
     torch = dec.torch
+    unit = float(dec.sd[i]) if latent_sd is None else float(latent_sd)
     try:
         total = np.zeros((values.size, len(all_genes)))
         with torch.inference_mode():
@@ -240,7 +245,7 @@ def latent_traversal(
                 z = dec.z[start:stop]
                 for k, v in enumerate(values):
                     shifted = z.copy()
-                    shifted[:, i] += v * dec.sd[i]
+                    shifted[:, i] += v * unit
                     total[k] += dec.log_scale(shifted, start, stop).sum(0).cpu().numpy()
     finally:
         dec.restore()
@@ -254,5 +259,5 @@ def latent_traversal(
         columns=pd.Index(all_genes[selected], name="gene"),
     )
     frame.attrs["latent"] = model.latent_names[i]
-    frame.attrs["latent_sd"] = float(dec.sd[i])
+    frame.attrs["latent_sd"] = unit
     return frame

@@ -124,8 +124,10 @@ def _traversals(model, adata, chosen: Sequence[str], effects: pd.DataFrame, n_ce
     """Latent -> traversal of its top genes (at most 500 cells)."""
     from scperturb_vae.model.interpretability import latent_traversal
 
+    # in the gene effects' sd units: one sd per latent across the summary, the tables and the plots
+    sd = effects.attrs["latent_sd"]
     return {latent: latent_traversal(model, latent, genes=top_genes(effects, latent), n_cells=min(500, n_cells),
-                                     seed=seed, adata=adata)
+                                     seed=seed, adata=adata, latent_sd=sd[latent])
             for latent in chosen}
 
 

@@ -133,6 +133,10 @@ def test_latent_traversal_matches_softmax_decoder(softmax_decoder):
         np.testing.assert_allclose(frame.loc[v].to_numpy(), log_rho[:, [3, 10]].mean(0), atol=2e-5)
     default = latent_traversal(model, 2, n_cells=10_000, n_top_genes=4)
     assert default.shape == (9, 4) and default.attrs["latent"] == "latent02"
+    # a given unit (the gene effects' sd, so a report has one sd per latent) scales the shifts
+    doubled = latent_traversal(model, "latent01", values=[1.0], genes=genes, n_cells=10_000, latent_sd=2 * s[1])
+    assert doubled.attrs["latent_sd"] == pytest.approx(2 * s[1])
+    np.testing.assert_allclose(doubled.loc[1.0].to_numpy(), frame.loc[2.0].to_numpy(), atol=1e-6)
     with pytest.raises(InputError, match="unknown latent"):
         latent_traversal(model, "latent99")
     with pytest.raises(InputError, match="not in the model"):
