@@ -207,7 +207,9 @@ def _summary_md(run_dir, run, names, genes, effects, record, threshold, lines, p
         "",
         ("Effects are changes of the decoded log expression per standard deviation of the latent; "
          f"targets are perturbations with graph probability > {threshold:g} (with the shift of their cells "
-         "in control sd, and their cells); a latent is named by gene sets only at FDR <= 0.1."),
+         "in control sd, and their cells); a latent is named by gene sets only at FDR <= 0.1, by one test "
+         "throughout (over-representation among its top genes, as in the dot plot; the rank test when "
+         "no ORA was run); enrichment.csv holds both tests."),
         "",
     ]
     md += _universe_warnings(record["gene_sets"], len(genes))

@@ -154,13 +154,17 @@ def summary_lines(
     n_genes: int = 5,
     n_sets: int = 3,
     fdr_max: float = 0.1,
+    test: str | None = None,
 ) -> list[str]:
     """One line per latent: targets (with probabilities), top genes up and down, top sets.
 
     A latent whose posterior-mean variance is at most :data:`ACTIVE_VARIANCE` is marked
     ``inactive``.  Only sets with an FDR at most ``fdr_max`` name a latent; without one the
-    line says so and gives the best set's FDR.
+    line says so and gives the best set's FDR.  Sets come from one ``test`` throughout
+    (default: ``"ora"`` when tested, else ``"rank"``: the dot plot's default too).
     """
+    if test is None and len(enrichment):
+        test = "ora" if (enrichment["test"] == "ora").any() else "rank"
     lines = []
     for latent in effects.index.astype(str):
         row = effects.loc[latent].astype(float)
@@ -181,7 +185,8 @@ def summary_lines(
         down = row[row < 0].sort_values(ascending=True, kind="mergesort").index[:n_genes]
         parts.append("up: " + (", ".join(f"{g} ({row[g]:+.2f})" for g in up) or "-"))
         parts.append("down: " + (", ".join(f"{g} ({row[g]:+.2f})" for g in down) or "-"))
-        e = enrichment[(enrichment["latent"] == latent) & enrichment["fdr"].notna()]
+        e = enrichment[(enrichment["latent"] == latent) & enrichment["fdr"].notna()
+                       & ((enrichment["test"] == test) if test is not None else True)]
         e = e.drop_duplicates(subset=["source", "gene_set"])
         significant = e[e["fdr"] <= fdr_max][:n_sets]
         if len(significant):

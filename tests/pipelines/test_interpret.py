@@ -417,11 +417,13 @@ def test_summary_names_latents_only_by_significant_sets():
 
     effects = pd.DataFrame({"g1": [1.0, -0.5], "g2": [-0.2, 0.8]}, index=["latent00", "latent01"])
     enrichment = pd.DataFrame({
-        "latent": ["latent00", "latent01"], "source": ["h", "h"], "gene_set": ["SET_A", "SET_B"],
-        "direction": ["up", "up"], "test": ["rank", "rank"], "fdr": [0.01, 0.88],
+        "latent": ["latent00", "latent01", "latent01"], "source": ["h", "h", "h"],
+        "gene_set": ["SET_A", "SET_B", "SET_C"], "direction": ["up", "up", "up"],
+        "test": ["ora", "ora", "rank"], "fdr": [0.01, 0.88, 0.001],
     })
     targets = pd.DataFrame({"latent": ["latent00"], "perturbation": ["JAK2"], "probability": [0.97], "rank": [1],
                             "dense": [False], "shift_sd": [-1.8], "n_cells": [1024]})
     lines = summary_lines(effects, enrichment, targets)
     assert "JAK2 (0.97, -1.80 sd, 1,024 cells)" in lines[0] and "SET_A" in lines[0]
-    assert "none at FDR <= 0.1 (best SET_B, FDR 0.88)" in lines[1]
+    assert "none at FDR <= 0.1 (best SET_B, FDR 0.88)" in lines[1]  # one test throughout: the rank hit is not mixed in
+    assert "SET_C" in summary_lines(effects, enrichment, targets, test="rank")[1]
