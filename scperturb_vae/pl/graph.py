@@ -184,7 +184,7 @@ def graph(
         One heatmap panel per graph, each with a colour bar; x: latents, y: perturbations
         (labelled when at most 150).
     """
-    signed = bool(signed and truth in (None, False) and is_adata(data)
+    signed = bool(signed and (truth is None or truth is False) and is_adata(data)
                   and read_shifts(data, fitted_key(data, key)) is not None)
     panels = _graph_panels(data, key, truth, cluster, title, signed)
     size = graph_size(panels[0][0].shape[0], sum(p[0].shape[1] for p in panels), len(panels))

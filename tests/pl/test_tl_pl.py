@@ -401,6 +401,9 @@ def test_graph_heatmap_alone_and_beside_the_truth(fitted, tmp_path):
     assert ax.images[0].get_cmap().name == "RdBu_r" and ax.images[0].get_clim() == (-1.0, 1.0)
     assert (expected < -0.5).any() or (expected > 0.5).any()
     assert "signed" in fig.axes[1].get_ylabel()
+    # a true graph given as a table is drawn unsigned beside the learned one
+    fig = pl.graph(adata, truth=graph_from_adata(adata))
+    assert fig.axes[0].images[0].get_cmap().name == "viridis"
 
     fig = pl.graph(adata, truth=True)
     assert len(fig.axes) == 4
