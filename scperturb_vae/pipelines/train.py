@@ -313,8 +313,12 @@ def _fit(
     latent = model.get_latent_representation()
     graph = model.get_intervention_graph(latent=latent)
     hist = history_frame(model.history)
+    signed = model.get_signed_graph(latent=latent)
     summary = _run_summary(settings, data, adata, model, latent, graph, hist, seconds, resumed_from)
-    return model, summary, _latent_adata(settings, data, adata, model, latent, graph, summary), hist, graph, parts
+    summary["graph"]["edges"] = [describe_edge(row) for _, row in signed_edges(signed).head(20).iterrows()]
+    summary["training_marks"] = dict(getattr(model, "training_marks", {}) or {})
+    latent_adata = _latent_adata(settings, data, adata, model, latent, graph, signed, summary)
+    return model, summary, latent_adata, hist, graph, signed, parts
 
 
 def _run_summary(settings: TrainSettings, data: PerturbationData, adata, model, latent, graph, hist,
@@ -360,7 +364,7 @@ def _run_summary(settings: TrainSettings, data: PerturbationData, adata, model, 
     }
 
 
-def _latent_adata(settings: TrainSettings, data: PerturbationData, adata, model, latent, graph, summary):
+def _latent_adata(settings: TrainSettings, data: PerturbationData, adata, model, latent, graph, signed, summary):
     """``latent.h5ad``: the posterior means with the input's obs and the run's record in ``uns["scvae"]``.
 
     The latents are also where scanpy and the notebook API (``sv.tl.embed``) keep them:
@@ -385,7 +389,7 @@ def _latent_adata(settings: TrainSettings, data: PerturbationData, adata, model,
         "run_json": json.dumps(summary, default=str),
     }
     run_settings = {k: v for k, v in summary.get("settings", {}).items() if k not in ("out", "overwrite")}
-    shifts = shift_table(model.get_signed_graph(latent=latent), graph)
+    shifts = shift_table(signed, graph)
     store(latent_adata, default_key(model), model, latent, graph, {"run_settings": run_settings},
           {"source": "scvae train"}, shifts)
     return latent_adata
@@ -543,7 +547,7 @@ def train_run(
     # for --resume)
     with atomic_dir(out, overwrite=settings.overwrite) as tmp:
         ckpt = _prepare_checkpoints(settings, out, data.sha256)
-        model, summary, latent_adata, hist, graph, parts = _fit(settings, data, progress_bar, parts, ckpt)
+        model, summary, latent_adata, hist, graph, signed, parts = _fit(settings, data, progress_bar, parts, ckpt)
         if spec is not None:
             summary["holdout"] = {
                 **spec.to_json(),
@@ -557,10 +561,7 @@ def train_run(
         evidence = model.get_edge_evidence()
         if evidence is not None:
             evidence.to_csv(tmp / "edge_evidence.csv")
-        signed = model.get_signed_graph(latent=np.asarray(latent_adata.X))
         signed.to_csv(tmp / "edges.csv", index=False)
-        summary["graph"]["edges"] = [describe_edge(row) for _, row in signed_edges(signed).head(20).iterrows()]
-        summary["training_marks"] = dict(getattr(model, "training_marks", {}) or {})
         hist.to_csv(tmp / "history.csv")
         save(loss_curve(hist, f"{type(model).__name__} on {Path(settings.adata).name}", summary["training_marks"]),
              tmp / "loss_curve.png")
