@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from scperturb_vae.tl.targets import describe_edge, signed_edges
+from scperturb_vae.tl.targets import describe_edge, perturbation_targets, signed_edges
 
 __all__ = ["run_report", "run_warnings"]
 
@@ -34,9 +34,10 @@ def run_warnings(summary: dict[str, Any], signed: pd.DataFrame) -> list[str]:
         out.append("The graph is empty: no perturbation gave an edge more than log K nats of evidence. "
                    "`scvae interpret` checks the counts (graph_vs_data.csv); see the README's 'Your own screen'.")
     else:
-        per_latent = edges.groupby("latent").size()
-        dense = per_latent[per_latent > 0.5 * resolved["n_perturbations"]]
-        for latent, n in dense.items():
+        # the dense-column rule of perturbation_targets (more than half the perturbations on one latent)
+        wide = signed.pivot(index="perturbation", columns="latent", values="probability")
+        dense = edges[edges["latent"].isin(perturbation_targets(wide).query("dense")["latent"])]
+        for latent, n in dense.groupby("latent").size().items():
             out.append(f"{latent} has edges from {n} of {resolved['n_perturbations']} perturbations: often a "
                        "technical or condition effect (give it as --batch-key).")
     diagnostics = summary.get("diagnostics") or {}
