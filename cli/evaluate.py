@@ -71,6 +71,8 @@ def evaluate(
     accelerator: Annotated[str, typer.Option("--accelerator", help="Lightning accelerator: auto, cpu, gpu, mps.")] = "auto",
     devices: Annotated[str, typer.Option("--devices", help="Lightning devices: auto, or a number.")] = "auto",
     backed: Annotated[bool, typer.Option("--backed", help="Leave the counts on disk (read-only, backed): train from minibatches read from the file.")] = False,
+    predict: Annotated[bool, typer.Option("--predict", help="Also predict the held-out perturbations' expression after each few-shot adaptation and score it against baselines (OUT/predict/).")] = False,
+    predict_cells: Annotated[int, typer.Option("--predict-cells", help="Control cells transported per prediction (and kept in predict/real.h5ad).")] = 500,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")] = True,
     overwrite: OverwriteOpt = False,
     threads: ThreadsOpt = None,
@@ -81,7 +83,13 @@ def evaluate(
     Writes OUT/nll.csv (model, setting, nll, stderr, n_cells; settings heldout_adapted,
     heldout_zeroshot, heldin), OUT/nll_per_perturbation.csv, OUT/nll.md, OUT/nll.png,
     OUT/fewshot.csv, OUT/fewshot.png, OUT/adapted_graph.csv, OUT/split.csv,
-    OUT/evaluate.json and OUT/runs/ (the trained models).
+    OUT/evaluate.json and OUT/runs/ (the trained models).  With --predict also
+    OUT/predict/: real.h5ad (evaluation cells only), pred_<method>_k<k>.h5ad for each model
+    and baseline (control, kcell_mean, training_mean, linear; additive for held-out
+    combinations A+B), metrics.csv (ATE Pearson over all and the top-20 DE genes, ATE MSE,
+    cell-eval's metrics when installed; per group, single and combination),
+    metrics_per_perturbation.csv, metrics.png.  --holdout-perturbations A+B holds out a
+    combination whose singles stay in training.
 
     Examples:
 
@@ -89,12 +97,16 @@ def evaluate(
       scvae clusters --adata screen.h5ad --out clusters.csv
       scvae evaluate --adata screen.h5ad --holdout cluster3 --models svae+,ivae,vae --out eval_c3
       scvae evaluate --run runs/svae_c3 --run runs/vae_c3 --out eval_c3
+      scvae evaluate --run runs/svae_c3 --predict --fewshot 0,10,50,all --out eval_c3_pred
+      scvae evaluate --adata screen.h5ad --holdout-perturbations A+B,C+D --models svae+,vae --predict --out eval_ab
     """
     setup_logging()
     with user_errors(ctx):
         model_runs = [*(model_runs or []), *(old_model_runs or [])]
         check_inputs_early(h5ad=[adata], folders=[("run folder", m) for m in model_runs],
                            files=[("clusters file", clusters)])
+        import pandas as pd
+
         from scperturb_vae.pipelines.evaluate import EvaluateSettings, format_table
         from scperturb_vae.pipelines.evaluate import evaluate as run_evaluate
 
@@ -110,6 +122,7 @@ def evaluate(
             min_cells=min_cells, adapt_fraction=adapt_fraction, n_importance=n_importance,
             fewshot=fewshot, adapt_steps=adapt_steps, heldin_cells=heldin_cells,
             accelerator=accelerator, devices=devices, overwrite=overwrite, backed=backed,
+            predict=predict, predict_cells=predict_cells,
         )
         quiet_third_party_warnings()
         result = run_evaluate(settings, progress_bar=progress)
@@ -124,5 +137,13 @@ def evaluate(
             wide = fs.pivot(index="model", columns="adaptation_cells_per_perturbation", values="nll")
             typer.echo("few-shot held-out NLL by adaptation cells per perturbation:")
             typer.echo(wide.reindex(fs["model"].drop_duplicates()).to_string(float_format=lambda v: f"{v:.3f}"))
+        if predict:
+            table = pd.DataFrame(result["summary"]["predict"]["metrics"])
+            cols = ["method", "k", "ate_pearson", "ate_pearson_top20", "ate_mse"]
+            cols += [c for c in ("discrimination_score_l1", "overlap_at_N") if c in table.columns]
+            for group, rows in table[table["group"] != "all"].groupby("group", sort=False):
+                typer.echo(f"predicted effects of the held-out {group} perturbations ({int(rows['n_perturbations'].iloc[0])};"
+                           " mean over perturbations; Pearson: higher is better, NaN: no predicted effect):")
+                typer.echo(rows[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="NaN"))
         typer.echo(f"wrote {result['out']}/ (nll.csv, nll_per_perturbation.csv, nll.md, nll.png, fewshot.csv, "
-                   "fewshot.png, evaluate.json)")
+                   f"fewshot.png, evaluate.json{', predict/' if predict else ''})")

@@ -17,7 +17,8 @@ repeats the adaptation with 0, 10, 50, ... adaptation cells per perturbation.
 Outputs (``DIR``, written as a whole under a temporary name): ``nll.csv``,
 ``nll_per_perturbation.csv``, ``nll.md``, ``nll.png``, ``fewshot.csv``, ``fewshot.png``,
 ``adapted_graph.csv`` (the held-out perturbations' learned graph rows per model),
-``split.csv``, ``evaluate.json`` and, when the models were trained here, ``runs/MODEL/``
+``split.csv``, ``evaluate.json``, with ``--predict`` the folder ``predict/``
+(:mod:`scperturb_vae.pipelines.heldout_predict`) and, when the models were trained here, ``runs/MODEL/``
 (ordinary run folders, reusable with ``--model``).
 """
 
@@ -84,6 +85,10 @@ class EvaluateSettings:
     model_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: leave the counts on disk (backed): train from minibatches read from the file
     backed: bool = False
+    #: also predict the held-out perturbations' expression and score it against baselines (DIR/predict/)
+    predict: bool = False
+    #: control cells transported per prediction (and kept in predict/real.h5ad)
+    predict_cells: int = 500
 
     def validate(self) -> None:
         if not self.runs:
@@ -225,7 +230,8 @@ def format_table(table: pd.DataFrame) -> str:
 def _score(settings: EvaluateSettings, evaluated: list, data, spec, split: pd.Series):
     """Every model scored by :func:`scperturb_vae.tl.evaluate.evaluate_model`: the tables and per-model records."""
     scoring = Scoring(seed=settings.seed, n_importance=settings.n_importance, fewshot=settings.fewshot,
-                      adapt_steps=settings.adapt_steps, heldin_cells=settings.heldin_cells)
+                      adapt_steps=settings.adapt_steps, heldin_cells=settings.heldin_cells,
+                      predict=settings.predict, predict_cells=settings.predict_cells)
     scores, infos = [], {}
     for i, ev in enumerate(evaluated):
         logger.info(f"[evaluate {i + 1}/{len(evaluated)}] {ev.name}: zero-shot, adaptation "
@@ -234,7 +240,7 @@ def _score(settings: EvaluateSettings, evaluated: list, data, spec, split: pd.Se
         result = evaluate_model(ev.name, ev.model, data, spec, split, scoring)
         infos[ev.name] = {**result.info, "seconds": round(time.perf_counter() - t0, 2), "run": ev.run_dir}
         scores.append(result)
-    return assemble_tables(scores), infos
+    return assemble_tables(scores), infos, {ev.name: s.predictions for ev, s in zip(evaluated, scores)}
 
 
 def evaluate(settings: EvaluateSettings, *, progress_bar: bool = True) -> dict[str, Any]:
@@ -251,7 +257,7 @@ def evaluate(settings: EvaluateSettings, *, progress_bar: bool = True) -> dict[s
     with atomic_dir(out, overwrite=settings.overwrite) as tmp:
         if not settings.runs:
             data, spec, split, evaluated = _train_models(settings, tmp, progress_bar, data, spec, parts)
-        tables, infos = _score(settings, evaluated, data, spec, split)
+        tables, infos, predictions = _score(settings, evaluated, data, spec, split)
         table, per_pert, fewshot = tables.table, tables.per_perturbation, tables.fewshot
         table.to_csv(tmp / "nll.csv", index=False)
         per_pert.to_csv(tmp / "nll_per_perturbation.csv", index=False)
@@ -275,5 +281,10 @@ def evaluate(settings: EvaluateSettings, *, progress_bar: bool = True) -> dict[s
             "versions": package_versions(),
             "seconds": round(time.perf_counter() - start, 2),
         }
+        if settings.predict:
+            from scperturb_vae.pipelines.heldout_predict import write_predictions
+
+            summary["predict"] = write_predictions(tmp / "predict", predictions, data, split, settings.fewshot,
+                                                   n_cells=settings.predict_cells, seed=settings.seed)
         write_json(summary, tmp / "evaluate.json")
     return {"out": out, "table": table, "per_perturbation": per_pert, "fewshot": fewshot, "summary": summary}

@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from scperturb_vae.io import atomic_dir, check_output, write_json
+from scperturb_vae.tl.prediction import evaluation_layout
 
 logger = logging.getLogger("scperturb_vae")
 
-__all__ = ["PredictResult", "predict_run", "evaluation_layout"]
+__all__ = ["PredictResult", "predict_run"]
 
 
 @dataclass
@@ -34,18 +35,6 @@ class PredictResult:
     out: Path
     targets: list[str]
     n_cells: int
-
-
-def evaluation_layout(cells, control_label: str, settings: dict):
-    """Counts AnnData -> cell-eval's layout: log1p-normalised X, the counts in a layer, settings in uns."""
-    import scanpy as sc
-
-    out = cells.copy()
-    out.layers["counts"] = out.X.copy()
-    sc.pp.normalize_total(out, target_sum=1e4)
-    sc.pp.log1p(out)
-    out.uns["scvae_predict"] = {**settings, "control_label": control_label, "pert_col": "target"}
-    return out
 
 
 def predict_run(run_dir, perturbations, out, *, n_cells: int = 1000, seed: int = 0, overwrite: bool = False,

@@ -43,8 +43,9 @@ graph = shows_figure(_graph_function)
 graph_vs_data = shows_figure(_graph_data_module.graph_vs_data)
 fewshot = shows_figure(_heldout_module.fewshot)
 heldout_nll = shows_figure(_heldout_module.heldout_nll)
+prediction_scores = shows_figure(_heldout_module.prediction_scores)
 latents = shows_figure(_latents_module.latents)
 latents_by_perturbation = shows_figure(_latents_module.latents_by_perturbation)
 traversal = shows_figure(_traversal_module.traversal)
 
-__all__ = ["enrichment", "fewshot", "graph", "graph_vs_data", "heldout_nll", "latents", "latents_by_perturbation", "traversal"]
+__all__ = ["enrichment", "fewshot", "graph", "graph_vs_data", "heldout_nll", "latents", "latents_by_perturbation", "prediction_scores", "traversal"]

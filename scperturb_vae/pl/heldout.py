@@ -1,5 +1,6 @@
 """The held-out likelihood of :func:`scperturb_vae.tl.heldout_nll` and ``scvae evaluate``:
-NLL bars per model and setting, and the few-shot curve (``nll.png``, ``fewshot.png``)."""
+NLL bars per model and setting, the few-shot curve (``nll.png``, ``fewshot.png``), and the
+predicted effects' scores of ``scvae evaluate --predict`` (``predict/metrics.png``)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import numpy as np
 import pandas as pd
 
 from scperturb_vae.errors import InputError
+from scperturb_vae.pl.base import panel_grid, single_panel
 from scperturb_vae.pl.base import save as save_figure
-from scperturb_vae.pl.base import single_panel
 
-__all__ = ["fewshot", "heldout_nll"]
+__all__ = ["fewshot", "heldout_nll", "prediction_scores"]
 
 NLL_COLUMNS = ("model", "setting", "nll", "stderr")
 FEWSHOT_COLUMNS = ("model", "adaptation_cells_per_perturbation", "n_adaptation_cells", "nll", "stderr")
@@ -121,5 +122,42 @@ def fewshot(result, *, title: str | None = None, ax=None, save: str | os.PathLik
     panel.set_ylabel("held-out NLL per cell (nats)")
     panel.set_title(title or "few-shot adaptation")
     panel.legend(frameon=False, fontsize=8)
+    save_figure(fig, save)
+    return fig
+
+
+def prediction_scores(metrics: pd.DataFrame, *, metric: str = "ate_pearson_top20", ax=None,
+                      save: str | os.PathLike | None = None):
+    """Predicted-effect scores of ``scvae evaluate --predict`` against the adaptation cells ``k``.
+
+    ``metrics`` is ``predict/metrics.csv`` (``method``, ``k``, ``metric``, and optionally
+    ``group``: one panel per group of perturbations, single and combination).  Methods scored
+    at several ``k`` are lines; those without adaptation (``control``, ``training_mean``,
+    ``additive``, a model's zero-shot point alone) are horizontal dashed lines.  Returns the
+    figure (x: k in the order of the table, y: ``metric``).
+    """
+    missing = [c for c in ("method", "k", metric) if c not in metrics.columns]
+    if missing or metrics.empty:
+        raise InputError(f"the metrics table lacks column(s) {', '.join(missing) or '(it is empty)'}")
+    metrics = metrics.assign(k=metrics["k"].astype(str))
+    if "group" not in metrics.columns:
+        metrics = metrics.assign(group="all")
+    groups = [g for g in dict.fromkeys(metrics["group"].astype(str)) if g != "all"] or ["all"]
+    ks = ["0", *(k for k in dict.fromkeys(metrics["k"]) if k != "0")]
+    fig, axes = panel_grid(ax, len(groups), len(groups), (5.2, 3.8), "prediction_scores")
+    for panel, group in zip(axes, groups):
+        for i, (method, g) in enumerate(metrics[metrics["group"] == group].groupby("method", sort=False)):
+            colour = f"C{i % 10}"
+            values = g[metric].to_numpy(dtype=float)
+            if len(g) == 1 or not np.isfinite(values[1:]).any():
+                if np.isfinite(values[0]):
+                    panel.axhline(values[0], ls="--", lw=1, label=str(method), color=colour)
+                continue
+            panel.plot([ks.index(k) for k in g["k"]], values, marker="o", label=str(method), color=colour)
+        panel.set_xticks(range(len(ks)), ks)
+        panel.set_xlabel("adaptation cells per held-out perturbation (k)")
+        panel.set_ylabel(metric.replace("_", " "))
+        panel.set_title(f"held-out predicted effects: {group}")
+        panel.legend(frameon=False, fontsize=7)
     save_figure(fig, save)
     return fig

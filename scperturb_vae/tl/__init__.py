@@ -31,13 +31,16 @@ key ``K`` (written by :func:`fit` or :func:`embed`):
     ``recovery`` (:func:`recovery`).
 ``adata.varm["K_gene_effects"]``
     Genes x latents (DataFrame): :func:`scperturb_vae.model.interpretability.gene_effects`.
+``adata.varm["K_predicted_ate"]``
+    Genes x predicted targets (DataFrame): :func:`predict`'s average treatment effects.
 
 Everything written into ``uns`` is made of DataFrames, arrays, strings, numbers and
 nested dicts of them (``None`` values are left out), so ``adata.write_h5ad`` keeps it.
 
 The modules: :mod:`.fit` (the one training path, :func:`fit`, :func:`embed`),
 :mod:`.interpret` (:func:`gene_effects`, :func:`enrich`, :func:`recovery`), :mod:`.evaluate`
-(:func:`heldout_nll`), and the computations they share with the commands: :mod:`.heldout`
+(:func:`heldout_nll`), :mod:`.prediction` (:func:`predict`, and the held-out predictions
+scored against baselines by ``scvae evaluate --predict``), and the computations they share with the commands: :mod:`.heldout`
 (splits, prior-only adaptation, importance-sampled likelihood), :mod:`.clusters`,
 :mod:`.enrichment`, :mod:`.metrics`, :mod:`.targets`; :mod:`.checks` and :mod:`.store`
 validate arguments and write the AnnData.  torch and scvi-tools are imported inside the
@@ -50,6 +53,7 @@ from scperturb_vae.model.registry import DEFAULT_KEYS
 from scperturb_vae.tl.evaluate import HeldoutResult, heldout_nll
 from scperturb_vae.tl.fit import embed, fit
 from scperturb_vae.tl.interpret import enrich, gene_effects, graph_vs_data, recovery
+from scperturb_vae.tl.prediction import predict
 from scperturb_vae.tl.store import default_key
 
 __all__ = [
@@ -64,5 +68,6 @@ __all__ = [
     "gene_effects",
     "graph_vs_data",
     "heldout_nll",
+    "predict",
     "recovery",
 ]

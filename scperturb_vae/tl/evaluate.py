@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from scperturb_vae.data.labels import COMBINATION_SEP, split_combination
 from scperturb_vae.errors import InputError
 from scperturb_vae.model.registry import DEFAULT_N_LATENT
 from scperturb_vae.tl.checks import check_adata, check_fewshot, check_key, check_settings
@@ -226,7 +227,7 @@ def _store_heldout(adata, key: str, result: HeldoutResult) -> None:
 SETTINGS_ORDER = ("heldout_adapted", "heldout_zeroshot", "heldin")
 
 
-def _fewshot_rows(adapt_rows: np.ndarray, labels: np.ndarray, n: int | str) -> np.ndarray:
+def fewshot_rows(adapt_rows: np.ndarray, labels: np.ndarray, n: int | str) -> np.ndarray:
     """The first ``n`` adaptation cells of each held-out label (the split's random order)."""
     if n == "all":
         return adapt_rows
@@ -251,6 +252,10 @@ class Scoring:
     adapt_steps: int = 500
     #: held-in (validation) cells scored, at most
     heldin_cells: int = 1000
+    #: also predict the held-out perturbations' expression after each adaptation
+    predict: bool = False
+    #: control cells transported per prediction (and in real.h5ad)
+    predict_cells: int = 500
 
 
 @dataclass
@@ -262,6 +267,15 @@ class ModelScores:
     fewshot: list
     adapted_graph: pd.DataFrame | None
     info: dict
+    #: few-shot size -> predicted cells of the held-out perturbations (``Scoring.predict``)
+    predictions: dict = field(default_factory=dict)
+
+
+def adaptation_rows(data, split: pd.Series, seed: int) -> np.ndarray:
+    """The adaptation cells' rows in the seeded order the few-shot subsets take them from."""
+    parts = split.reindex(data.adata.obs_names).to_numpy()
+    rows = np.flatnonzero(parts == "heldout_adapt")
+    return rows[np.random.default_rng(seed).permutation(len(rows))]
 
 
 def evaluate_model(name: str, model, data, spec, split: pd.Series, settings: Scoring) -> ModelScores:
@@ -285,9 +299,10 @@ def evaluate_model(name: str, model, data, spec, split: pd.Series, settings: Sco
     parts = split.reindex(data.adata.obs_names).to_numpy()
     eval_rows = np.flatnonzero(parts == "heldout_eval")
     # few-shot subsets take the first n cells of each label in a seeded random order
-    adapt_rows = np.flatnonzero(parts == "heldout_adapt")
-    adapt_rows = adapt_rows[np.random.default_rng(settings.seed).permutation(len(adapt_rows))]
-    new = sorted(p for p in spec.perturbations if p not in set(model.perturbations))
+    adapt_rows = adaptation_rows(data, split, settings.seed)
+    # a held-out combination of trained singles brings no new perturbation
+    new = sorted({q for p in spec.perturbations for q in split_combination(p, COMBINATION_SEP)}
+                 - set(model.perturbations))
     eval_cells = heldout_cells(model, data.adata, eval_rows, new_perturbations=new)
     adapt_all = heldout_cells(model, data.adata, adapt_rows, new_perturbations=new)
     order = {row: i for i, row in enumerate(adapt_rows)}
@@ -302,15 +317,15 @@ def evaluate_model(name: str, model, data, spec, split: pd.Series, settings: Sco
     zero_module = extended_module(model, len(new))
     ll0, se0 = score(zero_module)
     seconds_zero = time.perf_counter() - t0
-    results = {}
+    results, modules = {}, {0: zero_module}
     # "all" adaptation cells is the heldout_adapted setting: computed even when not on the curve
     shots = list(settings.fewshot) + ([] if "all" in settings.fewshot else ["all"])
     for n in shots:
         if n == 0:
             results[0] = (ll0, se0, {"adapted": False, "n_cells": 0})
             continue
-        rows = _fewshot_rows(adapt_rows, labels, n)
-        module = extended_module(model, len(new))
+        rows = fewshot_rows(adapt_rows, labels, n)
+        module = modules[n] = extended_module(model, len(new))
         info = adapt_prior(module, adapt_all.subset(np.array([order[r] for r in rows], dtype=np.int64)),
                            n_steps=settings.adapt_steps, seed=settings.seed)
         if not info["adapted"]:  # nothing to adapt (the VAE): the zero-shot numbers
@@ -357,7 +372,18 @@ def evaluate_model(name: str, model, data, spec, split: pd.Series, settings: Sco
                                      columns=model.latent_names)
         adapted_graph.insert(0, "model", name)
     info = {"adaptation": adapt_info, "new_perturbations": new, "zeroshot_seconds": round(seconds_zero, 2)}
-    return ModelScores(records, per_pert, fewshot, adapted_graph, info)
+    predictions = _predict_adapted(model, modules, data, split, new, settings) if settings.predict else {}
+    return ModelScores(records, per_pert, fewshot, adapted_graph, info, predictions)
+
+
+def _predict_adapted(model, modules: dict, data, split: pd.Series, new: list[str], settings: Scoring) -> dict:
+    """Predicted cells of the held-out evaluation labels after each few-shot adaptation."""
+    from scperturb_vae.tl.prediction import evaluation_targets, model_prediction, prediction_controls
+
+    targets = evaluation_targets(data, split)
+    controls = prediction_controls(data, split, settings.predict_cells, settings.seed)
+    return {n: model_prediction(modules[n], model, data, controls, targets, new, seed=settings.seed)
+            for n in settings.fewshot}
 
 
 @dataclass

@@ -50,6 +50,7 @@ logger = logging.getLogger("scperturb_vae")
 __all__ = [
     "HeldoutCells",
     "heldout_cells",
+    "iter_batches",
     "extended_module",
     "adapt_prior",
     "heldout_log_likelihood",
@@ -143,7 +144,8 @@ def heldout_cells(model, adata, rows: np.ndarray, new_perturbations: list[str] |
     )
 
 
-def _batches(cells: HeldoutCells, batch_size: int):
+def iter_batches(cells: HeldoutCells, batch_size: int):
+    """scvi tensor dicts of ``cells`` (``batch_size`` at a time) and their perturbation indices."""
     for start in range(0, len(cells), batch_size):
         stop = min(start + batch_size, len(cells))
         x = torch.as_tensor(cells.X[start:stop].toarray())
@@ -176,7 +178,7 @@ def extended_module(model, n_new: int):
 def _posterior(module, cells: HeldoutCells, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     locs, scales = [], []
     device = next(module.parameters()).device
-    for tensors, _ in _batches(cells, batch_size):
+    for tensors, _ in iter_batches(cells, batch_size):
         tensors = {k: v.to(device) for k, v in tensors.items()}
         inf = module.inference(**module._get_inference_input(tensors))
         locs.append(inf["qz"].loc.cpu())
@@ -282,7 +284,7 @@ def heldout_log_likelihood(
     device = next(module.parameters()).device
     values, errors = [], []
     module.eval()
-    for tensors, pert_idx in _batches(cells, batch_size):
+    for tensors, pert_idx in iter_batches(cells, batch_size):
         tensors = {k: v.to(device) for k, v in tensors.items()}
         ll, se = module.marginal_ll(
             tensors, n_mc_samples=n_samples, n_mc_samples_per_pass=n_samples_per_pass,

@@ -80,7 +80,9 @@ def resolve_holdout(
     known = set(data.perturbations)
     table = None
     if names:
-        unknown = [p for p in names if p not in known]
+        labels = set(data.labels)
+        # a combination "A+B" of trained singles holds out that label only: its parts keep training
+        unknown = [p for p in names if p not in known and not (COMBINATION_SEP in p and p in labels)]
         if unknown:
             raise InputError(
                 f"held-out perturbation(s) {', '.join(unknown[:5])} not in column {data.perturbation_key!r} "
@@ -137,7 +139,8 @@ def make_split(
     """Assign each cell to ``train``, ``heldout_adapt`` or ``heldout_eval``.
 
     ``labels`` are the cells' raw labels (index: cell names).  A cell is held out when any
-    single perturbation of its label is in ``heldout``.  The cells of each held-out label are
+    single perturbation of its label is in ``heldout``, or when its label is a combination
+    ``A+B`` listed in ``heldout`` (then ``A`` and ``B`` alone keep training).  The cells of each held-out label are
     shuffled with ``numpy.random.default_rng(seed)`` (labels visited in sorted order) and the
     first ``round(adapt_fraction * n)`` (at least 1, at most ``n - 1``) adapt.
 
@@ -149,13 +152,15 @@ def make_split(
     if not 0.0 < adapt_fraction < 1.0:
         raise InputError(f"the adaptation fraction must be between 0 and 1, not {adapt_fraction}")
     labels = labels.astype(str)
-    held = set(heldout)
+    held = {p for p in heldout if COMBINATION_SEP not in p}
+    held_combinations = {frozenset(split_combination(p, COMBINATION_SEP)) for p in heldout if COMBINATION_SEP in p}
     parts = pd.Series("train", index=labels.index, dtype=object, name="part")
     values = labels.to_numpy()
     rng = np.random.default_rng(seed)
     held_labels = sorted(
         lab for lab in pd.unique(values)
-        if lab != control_label and held & set(split_combination(lab, COMBINATION_SEP))
+        if lab != control_label and (held & set(split_combination(lab, COMBINATION_SEP))
+                                     or frozenset(split_combination(lab, COMBINATION_SEP)) in held_combinations)
     )
     if not held_labels:
         raise InputError("no cell carries a held-out perturbation")

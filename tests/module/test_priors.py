@@ -329,3 +329,28 @@ def test_importance_sampling_chunk_fits_the_memory_budget():
         assert n * 128 * genes * 4 * IS_ARRAYS_PER_PASS <= IS_MEMORY_BUDGET  # within the budget ...
         assert (n + 1) * 128 * genes * 4 * IS_ARRAYS_PER_PASS > IS_MEMORY_BUDGET  # ... and not wastefully small
     assert samples_per_pass(10**7, 128) == 1
+
+
+def test_counterfactual_transports_the_control_prior_and_composes_combinations():
+    z = torch.randn(20000, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    # sVAE+: a single moves by pi * mu; a combination by the sum of its parts' (the union of masks)
+    prior = _sparse_prior()
+    pi, mu = prior.mask_probability.detach(), prior.shift.detach()
+    single = prior.counterfactual(z, torch.tensor([[2, -1]]).expand(len(z), -1))
+    torch.testing.assert_close(single - z, (pi[2] * mu[2]).expand_as(z))
+    combo = prior.counterfactual(z, torch.tensor([[1, 3]]).expand(len(z), -1))
+    torch.testing.assert_close(combo - z, (pi[1] * mu[1] + pi[3] * mu[3]).expand_as(z))
+    control = prior.counterfactual(z, torch.tensor([[-1, -1]]).expand(len(z), -1))
+    torch.testing.assert_close(control, z)
+    # iVAE: N(0, I) samples land on p(z | a) = N(m_a, s_a^2)
+    ivae = _ivae_prior()
+    moved = ivae.counterfactual(z, torch.tensor([[1, -1]]).expand(len(z), -1)).detach()
+    grid = GRID.view(-1, 1, 1).expand(-1, 1, 3)
+    density = ivae.log_prob(grid, torch.tensor([[1, -1]])).exp().detach()[:, 0]  # (grid, latent)
+    mean = torch.trapezoid(density * GRID[:, None], GRID, dim=0)
+    sd = torch.trapezoid(density * (GRID[:, None] - mean) ** 2, GRID, dim=0).sqrt()
+    torch.testing.assert_close(moved.mean(0), mean, atol=0.05, rtol=0)
+    torch.testing.assert_close(moved.std(0), sd, atol=0.05, rtol=0.02)
+    assert (mean.abs() > 0.2).any() or (sd - 1).abs().max() > 0.2  # a prior that moves something
+    # VAE: no perturbation parameters, the control prior itself
+    assert torch.equal(StandardNormalPrior(3, 4).counterfactual(z, torch.tensor([[0, -1]]).expand(len(z), -1)), z)

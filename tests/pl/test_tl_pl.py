@@ -233,6 +233,30 @@ def test_gene_effects_are_the_library_effects_in_varm(with_effects):
     assert np.abs(stored.to_numpy()).max(axis=0).min() > 0.01
 
 
+def test_predict_writes_the_effects_and_returns_cells_in_cell_evals_layout(fitted):
+    adata, model = fitted
+    adata = adata.copy()
+    labels = adata.obs["perturbation"].astype(str)
+    a, b = [p for p in model.perturbations][:2]
+    cells = tl.predict(adata, model, [a, b, f"{a}+{b}"], n_cells=60, seed=3)
+    ate = adata.varm["svae_predicted_ate"]
+    assert list(ate.columns) == [a, b, f"{a}+{b}"] and list(ate.index) == list(adata.var_names)
+    assert adata.uns["svae"]["prediction"]["n_cells"] == 60
+    assert cells.shape == (4 * 60, adata.n_vars)
+    assert list(cells.obs["target"].cat.categories) == ["control", a, b, f"{a}+{b}"]
+    counts = cells.layers["counts"].toarray()
+    assert np.allclose(cells.X.toarray(), np.log1p(counts / counts.sum(1, keepdims=True) * 1e4), atol=1e-4)
+    # the predicted effect of a trained perturbation follows its observed one (normalised means)
+    x = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
+    norm = x / x.sum(1, keepdims=True) * 1e4
+    observed = norm[(labels == a).to_numpy()].mean(0) - norm[(labels == "control").to_numpy()].mean(0)
+    assert np.corrcoef(ate[a], observed)[0, 1] > 0.8
+    again = tl.predict(adata.copy(), model, [a], n_cells=60, seed=3)
+    assert (again.layers["counts"] != cells[cells.obs["target"].isin(["control", a])].layers["counts"]).nnz == 0
+    with pytest.raises(sv.InputError, match="not trained"):
+        tl.predict(adata, model, ["NOT_A_PERTURBATION"])
+
+
 def _effect_sets(effects: pd.DataFrame) -> dict[str, list[str]]:
     """Per latent the 6 genes it raises most, plus decoy sets of the genes no latent ranks high."""
     sets = {f"up_{lat}": effects.loc[lat].sort_values(ascending=False).index[:6].tolist() for lat in effects.index}

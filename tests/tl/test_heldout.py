@@ -52,6 +52,16 @@ def test_split_holds_out_every_cell_of_the_held_out_perturbations_and_nothing_el
     assert (parts[labels == "A+C"] == "heldout_adapt").sum() == 2
 
 
+def test_split_holds_out_a_combination_alone_when_it_is_named():
+    labels = _labels()
+    parts = make_split(labels, "control", ["A+C"], adapt_fraction=0.5, seed=0)
+    held = labels == "A+C"  # its singles A and C keep training
+    assert set(parts[held]) == {"heldout_adapt", "heldout_eval"}
+    assert set(parts[~held]) == {"train"}
+    # the order of the parts does not matter
+    assert make_split(labels, "control", ["C+A"], adapt_fraction=0.5, seed=0).equals(parts)
+
+
 def test_split_is_seeded():
     labels = _labels()
     a = make_split(labels, "control", ["A", "B"], seed=3)
