@@ -109,6 +109,22 @@ ThreadsOpt = Annotated[
 ]
 
 
+# ---------------------------------------------------------------- Lightning: devices and processes
+AcceleratorOpt = Annotated[str, typer.Option("--accelerator", help="Lightning accelerator: auto, cpu, gpu, mps.")]
+DevicesOpt = Annotated[
+    str,
+    typer.Option("--devices", help="Lightning devices: auto, or a number (with --strategy ddp: processes on CPU, GPUs otherwise)."),
+]
+StrategyOpt = Annotated[
+    Optional[str],
+    typer.Option("--strategy", help="Lightning strategy, e.g. ddp to train on --devices N processes [default: Lightning's choice].", show_default=False),
+]
+NumNodesOpt = Annotated[
+    int,
+    typer.Option("--num-nodes", help="Machines of a multi-node run (Lightning's num_nodes, started by SLURM or torchrun; with --strategy ddp)."),
+]
+
+
 def use_threads(threads: int | None) -> None:
     """Set torch's thread count (:mod:`scperturb_vae.threads`); run.json records it."""
     from scperturb_vae.threads import set_torch_threads

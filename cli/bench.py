@@ -29,7 +29,7 @@ def bench(
     is_samples_per_pass: Annotated[int, typer.Option("--is-samples-per-pass", help="Importance samples per forward pass (both models).")] = 100,
     seed: SeedOpt = 0,
     threads: Annotated[
-        Optional[int], typer.Option("--threads", help="Torch / BLAS threads of each child [default: 1, steady timings on shared CPUs].", show_default=False)
+        Optional[int], typer.Option("--threads", help="Torch / BLAS threads of each child [default: what scvae train uses: the free cores, SCVAE_THREADS when set].", show_default=False)
     ] = None,
     repeats: Annotated[int, typer.Option("--repeats", help="Rounds of all models (alternately SCVI first and last); medians.")] = 1,
     speed: Annotated[bool, typer.Option("--speed/--no-speed", help="Time the models against SCVI.")] = True,
@@ -38,11 +38,12 @@ def bench(
     sparse_max_steps: Annotated[
         Optional[int], typer.Option("--sparse-max-steps", help="Training minibatches of the sparse check [default: one whole epoch].", show_default=False)
     ] = None,
-    backed_check: Annotated[bool, typer.Option("--backed-check", help="Also train sVAE+ out of core (backed file) on --backed-cells cells and report the peak resident memory (target < 3 GB).")] = False,
+    backed_check: Annotated[bool, typer.Option("--backed-check", help="Also train sVAE+ out of core (backed file) on --backed-cells cells, then in memory: peak resident memory (target < 3 GB) and each pass's cells/s (training steps: target at most 1.2x the in-memory time).")] = False,
     backed_cells: Annotated[int, typer.Option("--backed-cells", help="Cells of the out-of-core check's screen (genes and density as above).")] = 1_000_000,
     backed_max_steps: Annotated[
         Optional[int], typer.Option("--backed-max-steps", help="Training minibatches of the out-of-core check [default: one whole epoch].", show_default=False)
     ] = None,
+    thread_check: Annotated[bool, typer.Option("--thread-check", help="Also time sVAE+ with the default thread setting and with each explicit count (1 .. the allowed cores).")] = False,
     trace_memory: Annotated[bool, typer.Option("--trace-memory", help="tracemalloc the sparse check's stages (slower).")] = False,
     keep_data: Annotated[bool, typer.Option("--keep-data", help="Keep the generated screens in OUT/data/.")] = False,
     overwrite: OverwriteOpt = False,
@@ -58,8 +59,11 @@ def bench(
     a child that only imports. With --sparse-check, trains sVAE+ once more on a
     larger screen and reports its peak memory per stage against the bytes of
     the CSR matrix and the model. With --backed-check, trains sVAE+ from a
-    backed (on-disk) file of --backed-cells cells and reports its peak memory
-    per stage (target under 3 GB at 1,000,000 cells). OUT appears only when
+    backed (on-disk) file of --backed-cells cells, then in memory, and reports
+    its peak memory per stage (target under 3 GB at 1,000,000 cells) and each
+    pass's cells/s backed and in memory (training steps, validation, batch-norm
+    recalibration, latents). With --thread-check, times sVAE+ with the thread
+    setting a user gets and with each explicit count. OUT appears only when
     complete.
 
     Examples:
@@ -67,6 +71,7 @@ def bench(
     \b
       scvae bench --out bench
       scvae bench --out bench --repeats 3 --threads 2
+      scvae bench --out threads --models svae+ --thread-check
       scvae bench --out sparse --no-speed --sparse-check --sparse-cells 200000
       scvae bench --out ooc --no-speed --backed-check --backed-cells 1000000 --backed-max-steps 2000
     """
@@ -83,7 +88,7 @@ def bench(
             is_samples_per_pass=is_samples_per_pass, seed=seed, threads=threads, repeats=repeats, speed=speed,
             sparse_check=sparse_check, sparse_cells=sparse_cells, sparse_max_steps=sparse_max_steps,
             backed_check=backed_check, backed_cells=backed_cells, backed_max_steps=backed_max_steps,
-            trace_memory=trace_memory, keep_data=keep_data, overwrite=overwrite,
+            thread_check=thread_check, trace_memory=trace_memory, keep_data=keep_data, overwrite=overwrite,
         )
         typer.echo(result.markdown, nl=False)
         files = (["bench.csv"] if len(result.table) else []) + ["bench.json", "bench.md"]

@@ -8,16 +8,20 @@ from typing import Annotated, Optional
 import typer
 
 from ._common import (
+    AcceleratorOpt,
     AdaptFractionOpt,
     ClustersOpt,
     ControlOpt,
+    DevicesOpt,
     HoldoutOpt,
     HoldoutPerturbationsOpt,
     LayerOpt,
     NClustersOpt,
+    NumNodesOpt,
     OverwriteOpt,
     PerturbationKeyOpt,
     SeedOpt,
+    StrategyOpt,
     ThreadsOpt,
     check_inputs_early,
     quiet_third_party_warnings,
@@ -68,8 +72,10 @@ def evaluate(
     heldin_cells: Annotated[int, typer.Option("--heldin-cells", help="Held-in validation cells scored (at most).")] = 1000,
     min_cells: Annotated[int, typer.Option("--min-cells", help="Report perturbations with fewer cells.")] = 20,
     seed: SeedOpt = 0,
-    accelerator: Annotated[str, typer.Option("--accelerator", help="Lightning accelerator: auto, cpu, gpu, mps.")] = "auto",
-    devices: Annotated[str, typer.Option("--devices", help="Lightning devices: auto, or a number.")] = "auto",
+    accelerator: AcceleratorOpt = "auto",
+    devices: DevicesOpt = "auto",
+    strategy: StrategyOpt = None,
+    num_nodes: NumNodesOpt = 1,
     backed: Annotated[bool, typer.Option("--backed", help="Leave the counts on disk (read-only, backed): train from minibatches read from the file.")] = False,
     predict: Annotated[bool, typer.Option("--predict", help="Also predict the held-out perturbations' expression after each few-shot adaptation and score it against baselines (OUT/predict/).")] = False,
     predict_cells: Annotated[int, typer.Option("--predict-cells", help="Control cells transported per prediction (and kept in predict/real.h5ad).")] = 500,
@@ -121,11 +127,14 @@ def evaluate(
             max_epochs=max_epochs, batch_size=batch_size, likelihood=likelihood, seed=seed,
             min_cells=min_cells, adapt_fraction=adapt_fraction, n_importance=n_importance,
             fewshot=fewshot, adapt_steps=adapt_steps, heldin_cells=heldin_cells,
-            accelerator=accelerator, devices=devices, overwrite=overwrite, backed=backed,
+            accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes, overwrite=overwrite,
+            backed=backed,
             predict=predict, predict_cells=predict_cells,
         )
         quiet_third_party_warnings()
         result = run_evaluate(settings, progress_bar=progress)
+        if result is None:  # a non-zero rank of a multi-process run: rank 0 writes and reports
+            return
         h = result["summary"]["holdout"]
         typer.echo(f"held out {h['name']!r}: {len(h['perturbations'])} perturbations "
                    f"({', '.join(h['perturbations'][:6])}{', ...' if len(h['perturbations']) > 6 else ''}); "

@@ -8,17 +8,21 @@ from typing import Annotated, Optional
 import typer
 
 from ._common import (
+    AcceleratorOpt,
     AdaptFractionOpt,
     AdataOpt,
     ClustersOpt,
     ControlOpt,
+    DevicesOpt,
     HoldoutOpt,
     HoldoutPerturbationsOpt,
     LayerOpt,
     NClustersOpt,
+    NumNodesOpt,
     OverwriteOpt,
     PerturbationKeyOpt,
     SeedOpt,
+    StrategyOpt,
     ThreadsOpt,
     check_inputs_early,
     quiet_third_party_warnings,
@@ -61,12 +65,10 @@ def train(
     n_clusters: NClustersOpt = 8,
     adapt_fraction: AdaptFractionOpt = 0.5,
     seed: SeedOpt = 0,
-    accelerator: Annotated[str, typer.Option("--accelerator", help="Lightning accelerator: auto, cpu, gpu, mps.")] = "auto",
-    devices: Annotated[str, typer.Option("--devices", help="Lightning devices: auto, or a number (with --strategy ddp: processes on CPU, GPUs otherwise).")] = "auto",
-    strategy: Annotated[
-        Optional[str],
-        typer.Option("--strategy", help="Lightning strategy, e.g. ddp to train on --devices N processes [default: Lightning's choice].", show_default=False),
-    ] = None,
+    accelerator: AcceleratorOpt = "auto",
+    devices: DevicesOpt = "auto",
+    strategy: StrategyOpt = None,
+    num_nodes: NumNodesOpt = 1,
     backed: Annotated[bool, typer.Option("--backed", help="Leave the counts on disk (read-only, backed): minibatches are read from the file, for screens larger than memory.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run of OUT from its last checkpoint (same command otherwise).")] = False,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Save a checkpoint for --resume every this many epochs.")] = 1,
@@ -126,7 +128,8 @@ def train(
             overwrite=overwrite, ll_cells=ll_cells, model_kwargs=model_kwargs,
             holdout=holdout, holdout_perturbations=split_list(holdout_perturbations),
             clusters=None if clusters is None else str(clusters), n_clusters=n_clusters,
-            adapt_fraction=adapt_fraction, resume=resume, checkpoint_every=checkpoint_every, strategy=strategy, backed=backed,
+            adapt_fraction=adapt_fraction, resume=resume, checkpoint_every=checkpoint_every, strategy=strategy, num_nodes=num_nodes,
+            backed=backed,
         )
         use_threads(threads)
         quiet_third_party_warnings()

@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "BACKED_TARGET_MB",
     "BENCH_COLUMNS",
+    "BACKED_TARGET_RATIO",
     "DEFAULT_THREADS",
     "MB",
     "SCVI_NAME",
@@ -25,9 +26,11 @@ TARGET_RATIO = 1.2
 SPARSE_TARGET = 2.0
 #: peak resident memory (MB) of an out-of-core (backed) training run that it aims at
 BACKED_TARGET_MB = 3072.0
-#: torch / BLAS threads of each child by default: on CPUs shared with other work, more threads
-#: than free cores make OpenMP spin and timings swing by several times
-DEFAULT_THREADS = 1
+#: time of the out-of-core training steps relative to the same steps in memory that it aims at
+BACKED_TARGET_RATIO = 1.2
+#: torch / BLAS threads of each child by default: ``None``, the setting a user of the commands
+#: gets (:func:`scperturb_vae.threads.default_threads`: the free cores); ``--threads N`` fixes it
+DEFAULT_THREADS: int | None = None
 #: models held to :data:`TARGET_RATIO`
 TARGET_MODELS = ("svae+", "ivae")
 #: bytes in a MB
@@ -41,5 +44,6 @@ BENCH_COLUMNS = (
     "peak_rss_mb", "peak_rss_above_imports_mb", "train_peak_rss_mb", "param_bytes", "repeats",
     "n_cells", "n_train_cells", "n_genes", "density", "nnz", "n_perturbations", "n_latent", "n_hidden",
     "n_layers", "batch_size", "warmup_epochs", "epochs", "threads",
+    "setting", "reference", "ratio_to_reference", "train_cells_per_second",
 )
 

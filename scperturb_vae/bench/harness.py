@@ -20,7 +20,9 @@ trains it and times the importance-sampled likelihood:
 - each epoch is timed by a Lightning callback from the start of its training loop to its
   end (validation included), in wall time and in the child's CPU time
   (``cpu_seconds_per_epoch``: steadier when other work shares the CPUs; each child runs
-  one torch / BLAS thread by default, see :data:`~scperturb_vae.bench.constants.DEFAULT_THREADS`); ``--warmup-epochs``
+  with the thread setting a user of the commands gets unless ``--threads`` fixes it, see
+  :data:`~scperturb_vae.bench.constants.DEFAULT_THREADS`; ``--thread-check`` compares that
+  setting with every explicit count); ``--warmup-epochs``
   first epochs (start-up: allocator, first batches) are reported on their own and left
   out of ``seconds_per_epoch``; ``train_loop_seconds_per_epoch`` leaves the validation
   pass out too.  What our models do after the last epoch (the batch-norm recalibration
@@ -69,7 +71,14 @@ from scperturb_vae.bench.constants import (
     TARGET_RATIO,
 )
 from scperturb_vae.bench.measure import default_threads, machine_info
-from scperturb_vae.bench.report import backed_summary, bench_markdown, log_write, sparse_summary, summarise
+from scperturb_vae.bench.report import (
+    backed_summary,
+    bench_markdown,
+    log_write,
+    sparse_summary,
+    summarise,
+    with_check_rows,
+)
 from scperturb_vae.bench.synthetic import (
     CONTROL_FRACTION,
     CONTROL_LABEL,
@@ -121,7 +130,7 @@ class _Children:
 
     work: Path
     data_dir: Path
-    threads: int
+    threads: int | None
     chunk_cells: int
     #: the writers' results by screen (``speed``, ``sparse``, ``backed``), in the order written
     writes: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -185,6 +194,7 @@ def run_bench(
     backed_check: bool = False,
     backed_cells: int = 1_000_000,
     backed_max_steps: int | None = None,
+    thread_check: bool = False,
     trace_memory: bool = False,
     chunk_cells: int = 50_000,
     keep_data: bool = False,
@@ -197,7 +207,6 @@ def run_bench(
     per-model timing (only the sparse check); ``keep_data`` keeps the screens in
     ``out/data/``.
     """
-    threads = DEFAULT_THREADS if threads is None else threads
     model_list = parse_models(models) if speed else []  # scvi is always measured
     _validate_options(n_latent=n_latent, batch_size=batch_size, epochs=epochs, warmup_epochs=warmup_epochs,
                       is_cells=is_cells, is_samples=is_samples, is_samples_per_pass=is_samples_per_pass, seed=seed,
@@ -207,6 +216,8 @@ def run_bench(
                       backed_cells=backed_cells if backed_check else None, backed_max_steps=backed_max_steps)
     if not speed and not sparse_check and not backed_check:
         raise InputError("nothing to measure: --no-speed without --sparse-check or --backed-check")
+    if thread_check and not speed:
+        raise InputError("--thread-check times sVAE+ on the speed screen: it needs --speed")
     screen = {"n_cells": n_cells, "n_genes": n_genes, "density": density, "n_perturbations": n_perturbations,
               "seed": seed}
     sparse_screen = {**screen, "n_cells": sparse_cells}
@@ -230,7 +241,9 @@ def run_bench(
         if speed:
             info["runs"] = _time_models(children, sizes, screen, path, model_list)
             table = summarise(info["runs"], {**sizes, "nnz": children.writes["speed"]["screen"]["nnz"]},
-                              import_peak, threads)
+                              import_peak)
+        if thread_check:
+            info["thread_check"] = _thread_check(children, sizes, path)
         if sparse_check:
             reused = path if speed and sparse_cells == n_cells else None
             info["sparse_check"] = _sparse_check(children, sizes, sparse_screen, reused, sparse_max_steps,
@@ -239,18 +252,19 @@ def run_bench(
             info["backed_check"] = _backed_check(children, sizes, backed_screen, backed_max_steps, import_peak)
         info["writer"] = _writer_info(children.writes, out, keep_data)
         info["machine"]["load_average_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        table = with_check_rows(table, info, import_peak)
         markdown = bench_markdown(table, info)
         _write_outputs(tmp, table, info, markdown, speed)
         shutil.rmtree(work, ignore_errors=True)
     return BenchResult(out=out, table=table, info=info, markdown=markdown)
 
 
-def _bench_info(sizes: dict[str, Any], threads: int) -> dict[str, Any]:
+def _bench_info(sizes: dict[str, Any], threads: int | None) -> dict[str, Any]:
     """``bench.json`` before any measurement: the sizes, threads, machine, versions, command and method."""
     warmup_epochs = sizes["warmup_epochs"]
     return {
         "sizes": sizes,
-        "threads": threads,
+        "threads": "default" if threads is None else threads,
         "machine": machine_info(),
         "versions": package_versions(),
         "command": sys.argv,
@@ -317,16 +331,40 @@ def _sparse_check(children: _Children, sizes: dict[str, Any], screen: dict[str, 
 
 def _backed_check(children: _Children, sizes: dict[str, Any], screen: dict[str, Any], max_steps: int | None,
                   import_peak: float) -> dict[str, Any]:
-    """``--backed-check``: sVAE+ trained from a screen of its own opened backed (out of core)."""
+    """``--backed-check``: sVAE+ trained from a screen of its own opened backed (out of core), then in memory.
+
+    Both children train the same minibatches (one loader reads both) and time each pass:
+    the training steps, the validation pass, the batch-norm recalibration and the latent pass.
+    """
     path = children.data_dir / "backed_screen.h5ad"
     written = children.write("backed", "write_backed", path, screen)
-    result = children.run({**sizes, "kind": "sparse", "name": "backed", "path": str(path),
-                           "n_cells": screen["n_cells"], "max_steps": max_steps, "backed": True,
-                           "trace_memory": False})
-    b = backed_summary(result, import_peak, written["screen"])
+    spec = {**sizes, "kind": "sparse", "path": str(path), "n_cells": screen["n_cells"], "max_steps": max_steps,
+            "trace_memory": False}
+    result = children.run({**spec, "name": "backed", "backed": True})
+    memory = children.run({**spec, "name": "backed_in_memory", "backed": False})
+    b = backed_summary(result, import_peak, written["screen"], memory)
     logger.info(f"out-of-core check: peak RSS {b['peak_rss_mb']:.0f} MB ({b['peak_stage']}) for "
-                f"{b['n_cells']} cells, CSR on disk {b['csr_mb']:.0f} MB (target < {b['target_mb']:.0f} MB)")
+                f"{b['n_cells']} cells, CSR on disk {b['csr_mb']:.0f} MB (target < {b['target_mb']:.0f} MB); "
+                f"training steps {b['passes']['train_steps']['cells_per_second']:.0f} cells/s backed, "
+                f"{memory['passes']['train_steps']['cells_per_second']:.0f} in memory "
+                f"({b['train_steps_ratio']:.2f}x the time)")
     return b
+
+
+def _thread_check(children: _Children, sizes: dict[str, Any], path: Path) -> list[dict[str, Any]]:
+    """``--thread-check``: sVAE+ on the speed screen with the commands' own thread setting and each explicit count."""
+    from scperturb_vae.threads import available_cores
+
+    settings: list[int | None] = [None, *range(1, available_cores() + 1)]
+    runs = []
+    for threads in settings:
+        label = "default" if threads is None else str(threads)
+        result = children.run({**sizes, "kind": "train", "path": str(path), "model": "svae+", "is_cells": 0,
+                               "name": f"threads_{label}", "threads": threads})
+        runs.append({"setting": label, **result})
+        logger.info(f"sVAE+ with threads={label} ({result['torch_threads']} torch threads): "
+                    f"{result['seconds_per_epoch']:.3f} s/epoch")
+    return runs
 
 
 def _writer_info(writes: dict[str, dict[str, Any]], out: Path, keep_data: bool) -> dict[str, dict[str, Any]]:

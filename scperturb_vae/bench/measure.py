@@ -88,11 +88,13 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
-def thread_env(threads: int) -> dict[str, str]:
-    """This environment with ``threads`` OpenMP / MKL / OpenBLAS / numexpr threads (for a child)."""
+def thread_env(threads: int | None) -> dict[str, str]:
+    """This environment with ``threads`` OpenMP / MKL / OpenBLAS / numexpr threads (for a child);
+    ``None``: those left as the user set them."""
     env = dict(os.environ)
     for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
-        env[key] = str(threads)
+        if threads is not None:
+            env[key] = str(threads)
     env.setdefault("PYTHONWARNINGS", "ignore")
     return env
 

@@ -11,6 +11,7 @@ import pandas as pd
 
 from scperturb_vae.bench.constants import (
     BACKED_TARGET_MB,
+    BACKED_TARGET_RATIO,
     BENCH_COLUMNS,
     MB,
     SCVI_NAME,
@@ -21,7 +22,7 @@ from scperturb_vae.bench.constants import (
 
 logger = logging.getLogger("scperturb_vae")
 
-__all__ = ["backed_summary", "bench_markdown", "log_write", "sparse_summary", "summarise"]
+__all__ = ["backed_summary", "bench_markdown", "log_write", "sparse_summary", "summarise", "with_check_rows"]
 
 
 def _fmt(value, digits: int = 2) -> str:
@@ -37,8 +38,7 @@ def _median(values: list[float]) -> float:
     return float(np.median(values)) if values else float("nan")
 
 
-def summarise(runs: dict[str, list[dict[str, Any]]], sizes: dict[str, Any], import_peak: float,
-              threads: int) -> pd.DataFrame:
+def summarise(runs: dict[str, list[dict[str, Any]]], sizes: dict[str, Any], import_peak: float) -> pd.DataFrame:
     """One row per model: medians over repeats, ratios to SCVI's medians."""
     rows = []
     for name, results in runs.items():
@@ -51,6 +51,7 @@ def summarise(runs: dict[str, list[dict[str, Any]]], sizes: dict[str, Any], impo
         row["peak_rss_above_imports_mb"] = row["peak_rss_mb"] - import_peak
         for key in ("steps_per_epoch", "param_bytes", "n_train_cells", "is_cells", "is_samples"):
             row[key] = first.get(key)
+        row["threads"] = first.get("torch_threads")
         rows.append(row)
     table = pd.DataFrame(rows)
     ref = table.loc[table["model"] == SCVI_NAME].iloc[0]
@@ -60,8 +61,52 @@ def summarise(runs: dict[str, list[dict[str, Any]]], sizes: dict[str, Any], impo
     for key in ("n_cells", "n_genes", "density", "nnz", "n_perturbations", "n_latent", "n_hidden", "n_layers",
                 "batch_size", "warmup_epochs", "epochs"):
         table[key] = sizes[key]
-    table["threads"] = threads
+    table["setting"] = "in memory"
+    table["reference"] = SCVI_NAME
+    table["ratio_to_reference"] = table["ratio_to_scvi"]
+    table["train_cells_per_second"] = table["n_train_cells"] / table["train_loop_seconds_per_epoch"]
     return table[list(BENCH_COLUMNS)]
+
+
+def with_check_rows(table: pd.DataFrame, info: dict[str, Any], import_peak: float) -> pd.DataFrame:
+    """``bench.csv``: the speed rows, then the thread check's and the out-of-core check's.
+
+    Thread rows (sVAE+, ``setting`` ``threads=default (N)`` or ``threads=N``) have their time
+    relative to the fastest explicit count; the out-of-core rows (``backed`` and ``in memory
+    (backed check)``) theirs relative to the in-memory child, ``seconds_per_epoch`` being the
+    check's one (possibly shortened) epoch.
+    """
+    rows = []
+    threads = info.get("thread_check") or []
+    explicit = [r["seconds_per_epoch"] for r in threads if r["setting"] != "default"]
+    for r in threads:
+        label = f"threads=default ({r['torch_threads']})" if r["setting"] == "default" else f"threads={r['setting']}"
+        rows.append({"model": "svae+", "setting": label, "reference": "fastest explicit thread count",
+                     "seconds_per_epoch": r["seconds_per_epoch"], "ratio_to_reference": r["seconds_per_epoch"] / min(explicit),
+                     "cpu_seconds_per_epoch": r["cpu_seconds_per_epoch"], "train_loop_seconds_per_epoch":
+                     r["train_loop_seconds_per_epoch"], "validation_seconds_per_epoch": r["validation_seconds_per_epoch"],
+                     "train_cells_per_second": r["n_train_cells"] / r["train_loop_seconds_per_epoch"],
+                     "steps_per_epoch": r["steps_per_epoch"], "n_train_cells": r["n_train_cells"],
+                     "peak_rss_mb": r["peak_rss_mb"], "peak_rss_above_imports_mb": r["peak_rss_mb"] - import_peak,
+                     "threads": r["torch_threads"]})
+    backed = info.get("backed_check")
+    if backed:
+        for label, r in (("backed", backed), ("in memory (backed check)", backed["in_memory"])):
+            steps = r["passes"]["train_steps"]
+            rows.append({"model": "svae+", "setting": label, "reference": "in memory (backed check)",
+                         "seconds_per_epoch": r["epoch_seconds"],
+                         "ratio_to_reference": r["epoch_seconds"] / backed["in_memory"]["epoch_seconds"],
+                         "train_loop_seconds_per_epoch": steps["seconds"],
+                         "validation_seconds_per_epoch": r["passes"]["validation"]["seconds"],
+                         "post_train_seconds": r["passes"]["batch_norm_recalibration"]["seconds"],
+                         "train_cells_per_second": steps["cells_per_second"], "steps_per_epoch": r["train_steps"],
+                         "peak_rss_mb": r["peak_rss_mb"], "peak_rss_above_imports_mb": r["peak_rss_mb"] - import_peak,
+                         "n_cells": r["n_cells"], "n_genes": r["n_genes"], "nnz": r["nnz"], "threads": r["torch_threads"]})
+    if not rows:
+        return table
+    extra = pd.DataFrame(rows)
+    return pd.concat([table, extra], ignore_index=True)[list(BENCH_COLUMNS)] if len(table) else extra.reindex(
+        columns=list(BENCH_COLUMNS))
 
 
 def _speed_markdown(table: pd.DataFrame) -> list[str]:
@@ -71,7 +116,7 @@ def _speed_markdown(table: pd.DataFrame) -> list[str]:
          "| training peak MB | above imports MB |"),
         "|---|" + "---:|" * 14,
     ]
-    for _, r in table.iterrows():
+    for _, r in table[table["setting"] == "in memory"].iterrows():
         lines.append(
             f"| {r['model']} | {_fmt(r['seconds_per_epoch'], 3)} | {_fmt(r['ratio_to_scvi'])} | "
             f"{_fmt(r['cpu_seconds_per_epoch'], 3)} | {_fmt(r['cpu_ratio_to_scvi'])} | "
@@ -102,9 +147,12 @@ def sparse_summary(result: dict[str, Any], import_peak: float) -> dict[str, Any]
     }
 
 
-def backed_summary(result: dict[str, Any], import_peak: float, screen: dict[str, Any]) -> dict[str, Any]:
-    """The out-of-core check's result with its sizes on disk and its peak against the target."""
+def backed_summary(result: dict[str, Any], import_peak: float, screen: dict[str, Any],
+                   memory: dict[str, Any]) -> dict[str, Any]:
+    """The out-of-core check's result with its sizes on disk, its peak against the target and
+    each pass against the in-memory child's (time ratios: above 1, backed is slower)."""
     worst = max(result["stages"], key=lambda s: s["peak_rss_mb"])
+    ratios = {name: p["seconds"] / max(memory["passes"][name]["seconds"], 1e-9) for name, p in result["passes"].items()}
     return {
         **result,
         "csr_mb": result["csr_bytes"] / MB,
@@ -113,26 +161,64 @@ def backed_summary(result: dict[str, Any], import_peak: float, screen: dict[str,
         "target_mb": BACKED_TARGET_MB,
         "meets_target": result["peak_rss_mb"] < BACKED_TARGET_MB,
         "peak_stage": worst["stage"],
+        "in_memory": memory,
+        "pass_ratios": ratios,
+        "train_steps_ratio": ratios["train_steps"],
+        "epoch_ratio": result["epoch_seconds"] / max(memory["epoch_seconds"], 1e-9),
+        "target_ratio": BACKED_TARGET_RATIO,
     }
 
 
 def _backed_markdown(b: dict[str, Any]) -> list[str]:
     steps = b.get("train_steps")
+    mem = b["in_memory"]
     lines = [
         (f"sVAE+ trained from a backed (on-disk, read-only) file of {b['n_cells']} cells x {b['n_genes']} genes, "
-         f"{b['nnz']} stored counts (CSR {_fmt(b['csr_mb'], 0)} MB on disk), minibatches read by scvi-tools' "
-         f"loader; {steps if steps is not None else '?'} training minibatches, then the full validation pass, "
-         "the batch-norm recalibration pass over the training cells and the latent pass over every cell."),
+         f"{b['nnz']} stored counts (CSR {_fmt(b['csr_mb'], 0)} MB on disk), minibatches fetched many at a time "
+         f"(scDataset); {steps if steps is not None else '?'} training minibatches, then the validation pass, "
+         "the batch-norm recalibration pass over the training cells and the latent pass over every cell; then the "
+         f"same in memory (the same minibatches), {b['torch_threads']} torch thread(s) each."),
         "",
         (f"**peak RSS {_fmt(b['peak_rss_mb'], 0)} MB** (stage {b['peak_stage']}; imports alone "
          f"{_fmt(b['import_peak_rss_mb'], 0)} MB); target < {_fmt(b['target_mb'], 0)} MB: "
-         f"{'met' if b['meets_target'] else 'NOT met'}."),
+         f"{'met' if b['meets_target'] else 'NOT met'}. In memory: peak RSS {_fmt(mem['peak_rss_mb'], 0)} MB."),
         "",
-        "| stage | seconds | peak RSS MB | RSS at end MB |",
-        "|---|---:|---:|---:|",
+        (f"**training steps: {_fmt(b['passes']['train_steps']['cells_per_second'], 0)} cells/s backed, "
+         f"{_fmt(mem['passes']['train_steps']['cells_per_second'], 0)} in memory: {_fmt(b['train_steps_ratio'])}x "
+         f"the time** (target at most {_fmt(b['target_ratio'])}x: "
+         f"{'met' if b['train_steps_ratio'] <= b['target_ratio'] else 'NOT met'}); the whole epoch "
+         f"{_fmt(b['epoch_ratio'])}x."),
+        "",
+        "| pass | cells | backed s | backed cells/s | in memory s | in memory cells/s | ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
+    for name, p in b["passes"].items():
+        m = mem["passes"][name]
+        lines.append(f"| {name.replace('_', ' ')} | {p['cells']} | {_fmt(p['seconds'], 2)} | "
+                     f"{_fmt(p['cells_per_second'], 0)} | {_fmt(m['seconds'], 2)} | {_fmt(m['cells_per_second'], 0)} | "
+                     f"{_fmt(b['pass_ratios'][name])} |")
+    lines += ["", "| stage | seconds | peak RSS MB | RSS at end MB |", "|---|---:|---:|---:|"]
     for st in b["stages"]:
         lines.append(f"| {st['stage']} | {_fmt(st['seconds'], 2)} | {_fmt(st['peak_rss_mb'], 0)} | {_fmt(st['rss_mb'], 0)} |")
+    return lines
+
+
+def _thread_markdown(runs: list[dict[str, Any]]) -> list[str]:
+    explicit = {r["setting"]: r["seconds_per_epoch"] for r in runs if r["setting"] != "default"}
+    best = min(explicit, key=explicit.get)
+    default = next(r for r in runs if r["setting"] == "default")
+    ratio = default["seconds_per_epoch"] / explicit[best]
+    lines = [
+        (f"sVAE+ on the speed screen with the commands' own thread setting (the free cores: "
+         f"{default['torch_threads']} here) and with each explicit count; **the default takes {_fmt(ratio)}x the "
+         f"time of the fastest explicit count ({best})**."),
+        "",
+        "| threads | torch threads | s/epoch | CPU s/epoch | ratio to fastest |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in runs:
+        lines.append(f"| {r['setting']} | {r['torch_threads']} | {_fmt(r['seconds_per_epoch'], 3)} | "
+                     f"{_fmt(r['cpu_seconds_per_epoch'], 3)} | {_fmt(r['seconds_per_epoch'] / explicit[best])} |")
     return lines
 
 
@@ -173,12 +259,12 @@ def bench_markdown(table: pd.DataFrame, info: dict[str, Any]) -> str:
     lines = [
         "# scvae bench",
         "",
-        (f"{m.get('cpu_model', '?')}, {info['threads']} thread(s) of {m.get('cpus_allowed')} allowed CPUs, "
+        (f"{m.get('cpu_model', '?')}, threads {info['threads']} of {m.get('cpus_allowed')} allowed CPUs, "
          f"load average {_fmt(m.get('load_average_1min'))} -> {_fmt(m.get('load_average_1min_end'))}; "
          f"torch {info['versions'].get('torch')}, scvi-tools {info['versions'].get('scvi-tools')}."),
         "",
     ]
-    if len(table):
+    if (table["setting"] == "in memory").any():
         lines += [
             "## Speed against scvi.model.SCVI",
             "",
@@ -197,7 +283,7 @@ def bench_markdown(table: pd.DataFrame, info: dict[str, Any]) -> str:
         ]
         verdict = []
         for name in TARGET_MODELS:
-            row = table[table["model"] == name]
+            row = table[(table["model"] == name) & (table["setting"] == "in memory")]
             if len(row):
                 wall, cpu = float(row["ratio_to_scvi"].iloc[0]), float(row["cpu_ratio_to_scvi"].iloc[0])
                 above = [kind for kind, r in (("wall", wall), ("CPU", cpu)) if not r <= TARGET_RATIO]
@@ -215,6 +301,8 @@ def bench_markdown(table: pd.DataFrame, info: dict[str, Any]) -> str:
                   ""]
     if "sparse_check" in info:
         lines += ["## Sparse all the way", "", *_sparse_markdown(info["sparse_check"]), ""]
+    if "thread_check" in info:
+        lines += ["## Threads", "", *_thread_markdown(info["thread_check"]), ""]
     if "backed_check" in info:
         lines += ["## Out of core", "", *_backed_markdown(info["backed_check"]), ""]
     return "\n".join(lines)

@@ -26,9 +26,15 @@ from scperturb_vae.io import write_json
 __all__ = ["run_child", "worker_main"]
 
 
-def run_child(spec: dict[str, Any], work: Path, threads: int) -> dict[str, Any]:
-    """Run one measurement in a fresh interpreter; its result, with the kernel's peak RSS."""
+def run_child(spec: dict[str, Any], work: Path, threads: int | None) -> dict[str, Any]:
+    """Run one measurement in a fresh interpreter; its result, with the kernel's peak RSS.
+
+    ``threads``: the torch / BLAS threads of the child; ``None``: the environment as it is and
+    the commands' own setting (:func:`scperturb_vae.threads.set_torch_threads`), as a user gets.
+    A spec's own ``threads`` takes precedence.
+    """
     name = spec["name"]
+    threads = spec.get("threads", threads)
     spec = {**spec, "result": str(work / f"{name}.result.json"), "threads": threads}
     spec_path = work / f"{name}.spec.json"
     spec_path.write_text(json.dumps(spec))
@@ -55,17 +61,30 @@ def run_child(spec: dict[str, Any], work: Path, threads: int) -> dict[str, Any]:
     return result
 
 
+def _set_threads(spec: dict[str, Any]) -> int:
+    """The spec's torch threads, or the commands' own setting when it gives none; the count set."""
+    import torch
+
+    from scperturb_vae.threads import set_torch_threads
+
+    if spec.get("threads") is None:
+        set_torch_threads(None)
+    else:
+        torch.set_num_threads(int(spec["threads"]))
+    return torch.get_num_threads()
+
+
 def _work_import(spec: dict[str, Any]) -> dict[str, Any]:
     """Only import what a training child imports."""
     stages = Stages()
     import anndata  # noqa: F401
     import lightning  # noqa: F401
     import scvi  # noqa: F401
-    import torch
+    import torch  # noqa: F401
 
     from scperturb_vae.model import models  # noqa: F401
 
-    torch.set_num_threads(spec["threads"])
+    _set_threads(spec)
     stages.done("import")
     return {"stages": stages.stages, "peak_rss_mb": stages.peak_mb}
 
@@ -152,7 +171,7 @@ def _work_train(spec: dict[str, Any]) -> dict[str, Any]:
     from scperturb_vae.logs import quiet_third_party
 
     quiet_third_party()
-    torch.set_num_threads(spec["threads"])
+    _set_threads(spec)
     stages.done("import")
     data = open_perturbation_adata(spec["path"], min_cells=0)
     stages.done("read")
@@ -218,7 +237,6 @@ def _work_sparse(spec: dict[str, Any]) -> dict[str, Any]:
     """sVAE+ end to end on a CSR screen, each stage's peak RSS; optionally tracemalloc."""
     stages = Stages()
     import scvi
-    import torch
 
     from scperturb_vae.data.reading import file_sha256, read_h5ad_checked
     from scperturb_vae.data.validate import validate_perturbation_adata
@@ -226,7 +244,7 @@ def _work_sparse(spec: dict[str, Any]) -> dict[str, Any]:
     from scperturb_vae.model.models import SVAEPlus
 
     quiet_third_party()
-    torch.set_num_threads(spec["threads"])
+    threads = _set_threads(spec)
     trace = bool(spec.get("trace_memory"))
     traced: dict[str, Any] = {}
     if trace:
@@ -270,15 +288,26 @@ def _work_sparse(spec: dict[str, Any]) -> dict[str, Any]:
     param_bytes = _param_bytes(model.module)
     done("model")
     extra = {} if spec.get("max_steps") is None else {"limit_train_batches": int(spec["max_steps"])}
+    timer = _epoch_timer()
     model.train(max_epochs=1, batch_size=spec["batch_size"], check_val_every_n_epoch=1,
-                enable_progress_bar=False, **extra)
+                enable_progress_bar=False, callbacks=[timer], **extra)
+    returned = time.perf_counter()
     done("train")
     steps = int(model.trainer.fit_loop.epoch_loop.batch_progress.total.completed) if getattr(model, "trainer", None) else None
+    start = time.perf_counter()
     latent = model.get_latent_representation(batch_size=spec["batch_size"])
+    latent_seconds = time.perf_counter() - start
     done("latent")
+    passes = {"train_steps": timer.epochs[0] - timer.validation[0], "validation": timer.validation[0],
+              "batch_norm_recalibration": returned - timer.train_end, "latent": latent_seconds}
+    cells = {"train_steps": (steps or 0) * spec["batch_size"], "validation": len(model.validation_indices),
+             "batch_norm_recalibration": len(model.train_indices), "latent": int(adata.n_obs)}
     return {
         "n_cells": int(adata.n_obs), "n_genes": int(adata.n_vars), "nnz": nnz, "backed": backed,
         "csr_bytes": csr_bytes, "param_bytes": param_bytes, "latent_shape": list(latent.shape), "train_steps": steps,
+        "torch_threads": threads, "epoch_seconds": timer.epochs[0],
+        "passes": {name: {"seconds": sec, "cells": cells[name], "cells_per_second": cells[name] / max(sec, 1e-9)}
+                   for name, sec in passes.items()},
         "stages": stages.stages, "peak_rss_mb": stages.peak_mb, "peak_resettable": stages.resettable,
         "tracemalloc": traced or None,
     }

@@ -25,6 +25,7 @@ from scperturb_vae.data.validate import validate_perturbation_adata
 from scperturb_vae.module.priors import Prior
 from scperturb_vae.module.vae import PerturbationVAEModule
 from scperturb_vae.train.align import AlignLatents
+from scperturb_vae.train.fetching import FetchingSplitter, fetching_loader, uses_fetching
 from scperturb_vae.train.plan import PerturbationTrainingPlan
 from scperturb_vae.train.stopping import DEFAULT_PATIENCE, ValidationPlateau
 
@@ -66,6 +67,10 @@ class PerturbationModelBase(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
 
     _module_cls = PerturbationVAEModule
     _training_plan_cls = PerturbationTrainingPlan
+    _data_splitter_cls = FetchingSplitter
+    #: how minibatches are read (:data:`scperturb_vae.train.fetching.LOADERS`): ``fetch`` reads
+    #: many at a time (scDataset), in memory and backed alike; ``scvi``: scvi-tools' own loader
+    loader: str = "fetch"
     #: default key of the latent representation in ``adata.obsm``
     obsm_key: str = "X_svae"
 
@@ -197,6 +202,7 @@ class PerturbationModelBase(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
         plan_kwargs: dict | None = None,
         align_latents: float | tuple[float, ...] | None = 0.4,
         stop_on_plateau: int | None = DEFAULT_PATIENCE,
+        loader: str = "fetch",
         **kwargs,
     ):
         """Train with scvi-tools' trainer (all its options pass through).
@@ -229,6 +235,11 @@ class PerturbationModelBase(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
             (:class:`~scperturb_vae.train.stopping.ValidationPlateau`); the epoch it stopped
             after is ``self.stopped_epoch`` (None: it ran all ``max_epochs``).  ``None`` or 0
             trains every epoch.  Needs validation cells (``train_size < 1``).
+        loader
+            How minibatches are read (:mod:`scperturb_vae.train.fetching`): ``"fetch"`` reads
+            many at a time with scDataset (fast from a backed, on-disk AnnData; the same
+            minibatches in memory), ``"scvi"`` uses scvi-tools' own loader.  The passes after
+            training (batch-norm recalibration, latents, likelihoods) read the same way.
         **kwargs
             Passed to :meth:`scvi.model.base.UnsupervisedTrainingMixin.train` (``accelerator``,
             ``devices``, ``early_stopping``, ``train_size``, Lightning trainer arguments...).
@@ -254,6 +265,9 @@ class PerturbationModelBase(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
             plateau = ValidationPlateau(start_epoch=start + 1, patience=int(stop_on_plateau))
             kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), plateau]
             kwargs.setdefault("check_val_every_n_epoch", 1)
+        uses_fetching(loader)  # checks the name before training starts
+        self.loader = loader
+        kwargs["datasplitter_kwargs"] = {**(kwargs.get("datasplitter_kwargs") or {}), "loader": loader}
         result = super().train(max_epochs=max_epochs, batch_size=batch_size, plan_kwargs=plan, **kwargs)
         self.stopped_epoch = None if plateau is None else plateau.stopped_epoch
         #: epochs where training changed regime, for the loss curve and the run report
@@ -264,6 +278,22 @@ class PerturbationModelBase(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
             self.training_marks["early stop"] = self.stopped_epoch
         self.recalibrate_batch_norm(batch_size=batch_size)
         return result
+
+    def _make_data_loader(self, adata, indices=None, batch_size=None, shuffle=False, data_loader_class=None,
+                          **data_loader_kwargs):
+        """scDataset's fetching loader, or scvi-tools' (see :attr:`loader`)."""
+        manager = self.get_anndata_manager(adata)
+        if data_loader_class is not None or manager is None or not uses_fetching(self.loader):
+            return super()._make_data_loader(adata, indices=indices, batch_size=batch_size, shuffle=shuffle,
+                                             data_loader_class=data_loader_class, **data_loader_kwargs)
+        from scvi import settings
+
+        indices = np.arange(manager.adata.n_obs) if indices is None else np.asarray(indices)
+        if not shuffle and np.any(np.diff(indices) < 0):  # cells asked for in another order than the rows'
+            return super()._make_data_loader(adata, indices=indices, batch_size=batch_size, shuffle=shuffle,
+                                             **data_loader_kwargs)
+        return fetching_loader(manager, indices, batch_size=batch_size or settings.batch_size, shuffle=shuffle,
+                               seed=settings.seed)
 
     @torch.no_grad()
     def recalibrate_batch_norm(self, batch_size: int = 128) -> None:

@@ -25,6 +25,8 @@ Outputs (``DIR``, written as a whole under a temporary name): ``nll.csv``,
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +38,7 @@ import pandas as pd
 from scperturb_vae.errors import InputError
 from scperturb_vae.io import atomic_dir, check_output, package_versions, write_json
 from scperturb_vae.model.registry import DEFAULT_N_LATENT, parse_models
+from scperturb_vae.pipelines.train import distributed_worker
 from scperturb_vae.pl.base import save
 from scperturb_vae.pl.heldout import fewshot as fewshot_figure
 from scperturb_vae.pl.heldout import heldout_nll
@@ -81,6 +84,10 @@ class EvaluateSettings:
     heldin_cells: int = 1000
     accelerator: str = "auto"
     devices: str = "auto"
+    #: Lightning strategy of the training (``ddp``: ``devices`` processes; rank 0 scores and writes)
+    strategy: str | None = None
+    #: machines of a multi-node run (Lightning's ``num_nodes``)
+    num_nodes: int = 1
     overwrite: bool = False
     model_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: leave the counts on disk (backed): train from minibatches read from the file
@@ -118,7 +125,7 @@ def _train_base(settings: EvaluateSettings, data) -> dict[str, Any]:
         layer=settings.layer, n_latent=settings.n_latent, max_epochs=settings.max_epochs,
         batch_size=settings.batch_size, lr=settings.lr, likelihood=settings.likelihood, seed=settings.seed,
         min_cells=settings.min_cells, accelerator=settings.accelerator, devices=settings.devices,
-        holdout=settings.holdout, holdout_perturbations=settings.holdout_perturbations,
+        strategy=settings.strategy, num_nodes=settings.num_nodes, holdout=settings.holdout, holdout_perturbations=settings.holdout_perturbations,
         clusters=settings.clusters, n_clusters=settings.n_clusters, adapt_fraction=settings.adapt_fraction,
         ll_cells=0, backed=settings.backed,
     )
@@ -162,6 +169,33 @@ def _train_models(settings: EvaluateSettings, tmp: Path, progress_bar: bool, dat
         evaluated.append(_Evaluated(name, result.model, f"runs/{_run_name(name)}"))
         split = result.split if split is None else split
     return data, spec, split, evaluated
+
+
+def _evaluate_worker(settings: EvaluateSettings) -> None:
+    """A non-zero rank of a multi-process run (``--strategy ddp``): trains every model in step with rank 0.
+
+    Lightning's DDP launcher starts this process by running the same command again; it
+    reads and splits the data as rank 0 did (the split is seeded) and takes part in each
+    model's training.  Rank 0 alone scores (the adaptation and the importance sampling run on
+    one process) and writes the folder.
+    """
+    from scperturb_vae.pipelines.train import TrainSettings, train_run
+
+    logging.getLogger("scperturb_vae").setLevel(logging.WARNING)
+    if settings.runs:  # nothing is trained: rank 0 scores alone
+        return None
+    data, spec, parts = _open_and_split(settings, Path(settings.out))
+    base = _train_base(settings, data)
+    # Lightning may create folders on every rank (its logs): this process's go to a scratch folder
+    scratch = Path(tempfile.mkdtemp(prefix="scvae-evaluate-rank-"))
+    try:
+        for name in settings.models:
+            ts = TrainSettings(out=str(scratch / "runs" / _run_name(name)), model=name,
+                               model_kwargs=dict(settings.model_kwargs.get(name, {})), **base)
+            train_run(ts, progress_bar=False, data=data, holdout=(spec, parts))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return None
 
 
 def _run_name(model: str) -> str:
@@ -247,6 +281,8 @@ def evaluate(settings: EvaluateSettings, *, progress_bar: bool = True) -> dict[s
     """Run the held-out evaluation and write its folder; returns the tables."""
 
     settings.validate()
+    if distributed_worker():
+        return _evaluate_worker(settings)
     out = check_output(settings.out, settings.overwrite)
     start = time.perf_counter()
     # the inputs are read and checked before the output folder (and its parents) exist

@@ -63,7 +63,7 @@ from scperturb_vae.train.stopping import DEFAULT_PATIENCE
 
 logger = logging.getLogger("scperturb_vae")
 
-__all__ = ["TrainSettings", "TrainResult", "train_run", "checkpoint_dir"]
+__all__ = ["TrainSettings", "TrainResult", "train_run", "checkpoint_dir", "distributed_worker"]
 
 #: fewest cells a model can be trained on: scvi-tools keeps ceil(90%) of them for training
 #: and fails without a validation cell, i.e. below 10 cells
@@ -113,6 +113,9 @@ class TrainSettings:
     checkpoint_every: int = 1
     #: Lightning strategy (e.g. ``ddp``); None lets Lightning choose
     strategy: str | None = None
+    #: machines of a multi-node run (Lightning's ``num_nodes``; the processes are started by
+    #: SLURM or torchrun)
+    num_nodes: int = 1
     #: leave the counts on disk (backed, read-only) and train from minibatches read from the file
     backed: bool = False
 
@@ -126,6 +129,7 @@ class TrainSettings:
             max_epochs=self.max_epochs, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
             ll_cells=self.ll_cells, ll_samples=self.ll_samples, n_clusters=self.n_clusters,
             adapt_fraction=self.adapt_fraction, checkpoint_every=self.checkpoint_every, patience=self.patience,
+            num_nodes=self.num_nodes,
         )
 
 
@@ -193,7 +197,7 @@ def _split_for(settings: TrainSettings, data: PerturbationData):
     )
 
 
-def _distributed_worker() -> bool:
+def distributed_worker() -> bool:
     """Whether this process is a non-zero rank of a multi-process (DDP) run.
 
     Lightning's DDP launcher starts the other ranks by running the same command again with
@@ -259,6 +263,8 @@ def _trainer_kwargs(settings: TrainSettings, checkpoint_dir: Path | None):
         if checkpoint_dir is not None:
             # scvi-tools keeps a multi-process run's history in a file (default: ./lightning_logs)
             trainer_kwargs["log_save_dir"] = str(checkpoint_dir / "logs")
+    if settings.num_nodes > 1:
+        trainer_kwargs["num_nodes"] = int(settings.num_nodes)
     return trainer_kwargs, saver, resumed_from
 
 
@@ -298,7 +304,7 @@ def _fit(
     With ``parts`` (a held-out split), only the ``train`` cells are set up and trained on;
     the cells scvi-tools keeps for validation are marked ``validation`` in the returned parts.
     """
-    worker = _distributed_worker()
+    worker = distributed_worker()
     adata = _training_cells(data, parts, checkpoint_dir, worker)
     trainer_kwargs, saver, resumed_from = _trainer_kwargs(settings, checkpoint_dir)
     model, seconds = _train(settings, data, adata, progress_bar, trainer_kwargs, saver, parts is not None)
@@ -426,7 +432,7 @@ def _no_scvi_exception_print():
 
 # --------------------------------------------------------------------------- checkpoints (--resume)
 #: settings that may differ between an interrupted run and its resumption
-_RESUME_FREE = ("overwrite", "resume", "accelerator", "devices", "strategy", "backed")
+_RESUME_FREE = ("overwrite", "resume", "accelerator", "devices", "strategy", "num_nodes", "backed")
 
 
 def checkpoint_dir(out: str | Path) -> Path:
@@ -519,7 +525,7 @@ def train_run(
     already computed ``(HoldoutSpec, parts)`` pair of that split.
     """
     settings.validate()
-    if _distributed_worker():
+    if distributed_worker():
         return _train_worker(settings, data, holdout)
     out = check_output(settings.out, settings.overwrite)
     if data is None:

@@ -40,7 +40,7 @@ def _is_int(value) -> bool:
 INT_MINIMUM = {
     "n_latent": 1, "max_epochs": 1, "batch_size": 2, "seed": 0, "min_cells": 1, "n_clusters": 1,
     "n_importance": 1, "adapt_steps": 1, "heldin_cells": 0, "checkpoint_every": 1, "ll_cells": 0, "ll_samples": 1,
-    "patience": 0, "n_cells": 1,
+    "patience": 0, "n_cells": 1, "num_nodes": 1,
 }
 
 

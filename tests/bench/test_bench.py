@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import anndata as ad
 import h5py
@@ -33,7 +34,7 @@ def bench(runner, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "tiny"
     result = invoke(runner, "bench", "--out", out, *TINY, "--sparse-check", "--sparse-cells", 600,
                     "--sparse-max-steps", 3, "--backed-check", "--backed-cells", 700, "--backed-max-steps", 2,
-                    "--keep-data")
+                    "--thread-check", "--keep-data")
     assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
     return out, result
 
@@ -50,10 +51,22 @@ def test_bench_writes_its_files(bench):
 
 def test_bench_csv_rows_and_ratios(bench):
     out, _ = bench
-    table = pd.read_csv(out / "bench.csv")
-    assert list(table.columns) == list(BENCH_COLUMNS)
-    assert set(REQUIRED) <= set(table.columns)
+    full = pd.read_csv(out / "bench.csv")
+    assert list(full.columns) == list(BENCH_COLUMNS)
+    assert set(REQUIRED) <= set(full.columns)
+    table = full[full["setting"] == "in memory"]
     assert list(table["model"]) == ["scvi", "svae+", "ivae"]
+    assert (table["ratio_to_reference"] == table["ratio_to_scvi"]).all() and (table["reference"] == "scvi").all()
+    # the thread check's rows (the default and each explicit count) and the out-of-core check's
+    cores = len(os.sched_getaffinity(0))
+    threads = full[full["setting"].str.startswith("threads=")]
+    assert len(threads) == 1 + cores and threads["setting"].iloc[0].startswith("threads=default (")
+    assert threads["ratio_to_reference"].min() == pytest.approx(1.0) or threads["setting"].iloc[
+        int(np.argmin(threads["ratio_to_reference"]))].startswith("threads=default")
+    assert set(threads["threads"]) <= set(range(1, cores + 1))
+    backed = full[full["setting"].isin(["backed", "in memory (backed check)"])].set_index("setting")
+    assert backed.loc["in memory (backed check)", "ratio_to_reference"] == pytest.approx(1.0)
+    assert (backed["train_cells_per_second"] > 0).all() and (backed["n_cells"] == 700).all()
     for column in ("seconds_per_epoch", "ratio_to_scvi", "cpu_ratio_to_scvi", "is_ratio_to_scvi",
                    "is_cell_samples_per_second", "peak_rss_mb", "train_peak_rss_mb", "first_epoch_seconds"):
         values = table[column].to_numpy(float)
@@ -71,7 +84,8 @@ def test_bench_json_and_sparse_check(bench):
     out, _ = bench
     info = json.loads((out / "bench.json").read_text())
     assert info["sizes"]["n_cells"] == 600 and info["sizes"]["epochs"] == 1
-    assert info["threads"] >= 1
+    assert info["threads"] == "default"  # each child with the setting a user gets
+    assert all(r[0]["torch_threads"] >= 1 for r in info["runs"].values())
     assert {"cpu_model", "cpus_allowed", "platform"} <= set(info["machine"])
     assert {"torch", "scvi-tools", "anndata"} <= set(info["versions"])
     assert info["import_only"]["peak_rss_mb"] > 0
@@ -104,6 +118,15 @@ def test_bench_backed_check(bench):
     assert backed["csr_bytes"] == on_disk
     assert backed["meets_target"] == (backed["peak_rss_mb"] < backed["target_mb"] == 3072)
     assert "## Out of core" in (out / "bench.md").read_text() and "Out of core" in result.stdout
+    # each pass timed backed and in memory, on the same minibatches
+    memory = backed["in_memory"]
+    assert memory["backed"] is False and memory["train_steps"] == 2
+    assert set(backed["passes"]) == {"train_steps", "validation", "batch_norm_recalibration", "latent"}
+    for name, p in backed["passes"].items():
+        assert p["seconds"] > 0 and p["cells_per_second"] > 0, name
+        assert backed["pass_ratios"][name] == pytest.approx(p["seconds"] / memory["passes"][name]["seconds"])
+    assert backed["passes"]["train_steps"]["cells"] == 2 * 64 and backed["passes"]["latent"]["cells"] == 700
+    assert "training steps:" in result.stdout and "## Threads" in result.stdout
 
 
 def test_bench_kept_data_is_the_synthetic_screen(bench):

@@ -11,7 +11,6 @@ import pytest
 from scperturb_vae.data.simulate import simulate_screen
 from scperturb_vae.pipelines.evaluate import EvaluateSettings, evaluate
 
-
 SCREEN = dict(n_latent=4, n_pathways=6, n_perturbations=24, n_genes=200, genes_per_program=30,
               n_control_cells=900, n_cells_per_perturbation=160, min_cells=60, n_heldout=4, n_combinations=2,
               n_cells_per_combination=120, condition_genes=0, null_fraction=0.25)

@@ -28,9 +28,15 @@ def test_training_stops_on_a_plateau_after_the_warm_up_and_alignment():
     # never before the alignment at 40% of the epochs (and the warm-up) plus the patience
     assert model.stopped_epoch >= round(0.4 * 300) + 5
     validation = model.history["elbo_validation"].to_numpy().ravel()
-    watched = validation[int(round(0.4 * 300)):]
-    best = int(np.argmin(watched))
-    assert len(watched) - 1 - best >= 5  # the last 5 watched epochs brought no new best
+    watched = validation[int(round(0.4 * 300)):].astype(float)
+    # the last 5 watched epochs improved on the best before them by less than min_delta (relative)
+    assert watched[-5:].min() >= watched[:-5].min() * (1 - ValidationPlateau(1).min_delta)
+    # and the stop came at the first such run of 5 epochs: the last improvement was 5 epochs before the end
+    best, last = np.inf, -1
+    for i, value in enumerate(watched):
+        if value < best - 1e-4 * (abs(best) if np.isfinite(best) else abs(value)):
+            best, last = value, i
+    assert len(watched) - 1 - last == 5
 
 
 def test_without_patience_every_epoch_is_trained():
