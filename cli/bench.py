@@ -43,6 +43,7 @@ def bench(
     backed_max_steps: Annotated[
         Optional[int], typer.Option("--backed-max-steps", help="Training minibatches of the out-of-core check [default: one whole epoch].", show_default=False)
     ] = None,
+    decoder: Annotated[str, typer.Option("--decoder", help="Comma-separated decoders to time every model with: standard, injective (second derivatives: its cost per epoch).")] = "standard",
     thread_check: Annotated[bool, typer.Option("--thread-check", help="Also time sVAE+ with the default thread setting and with each explicit count (1 .. the allowed cores).")] = False,
     trace_memory: Annotated[bool, typer.Option("--trace-memory", help="tracemalloc the sparse check's stages (slower).")] = False,
     keep_data: Annotated[bool, typer.Option("--keep-data", help="Keep the generated screens in OUT/data/.")] = False,
@@ -72,6 +73,7 @@ def bench(
       scvae bench --out bench
       scvae bench --out bench --repeats 3 --threads 2
       scvae bench --out threads --models svae+ --thread-check
+      scvae bench --out injective --models svae+,vae --decoder standard,injective
       scvae bench --out sparse --no-speed --sparse-check --sparse-cells 200000
       scvae bench --out ooc --no-speed --backed-check --backed-cells 1000000 --backed-max-steps 2000
     """
@@ -88,7 +90,8 @@ def bench(
             is_samples_per_pass=is_samples_per_pass, seed=seed, threads=threads, repeats=repeats, speed=speed,
             sparse_check=sparse_check, sparse_cells=sparse_cells, sparse_max_steps=sparse_max_steps,
             backed_check=backed_check, backed_cells=backed_cells, backed_max_steps=backed_max_steps,
-            thread_check=thread_check, trace_memory=trace_memory, keep_data=keep_data, overwrite=overwrite,
+            thread_check=thread_check, decoders=[d.strip() for d in decoder.split(",") if d.strip()],
+            trace_memory=trace_memory, keep_data=keep_data, overwrite=overwrite,
         )
         typer.echo(result.markdown, nl=False)
         files = (["bench.csv"] if len(result.table) else []) + ["bench.json", "bench.md"]

@@ -57,6 +57,7 @@ def train(
     beta: Annotated[Optional[float], typer.Option("--beta", help="vae: KL weight (beta-VAE) [default: 1, a plain VAE].", show_default=False)] = None,
     tc_beta: Annotated[Optional[float], typer.Option("--tc-beta", help="vae: total-correlation weight (beta-TCVAE) [default: none, no TC term].", show_default=False)] = None,
     encode_perturbation: Annotated[bool, typer.Option("--encode-perturbation", help="Give the encoder the perturbation: q(z | x, a).")] = False,
+    decoder: Annotated[str, typer.Option("--decoder", help="Decoder: standard (scVI's), or injective (Brenier maps g2(B g1(z)), against posterior collapse; every model).")] = "standard",
     min_cells: Annotated[int, typer.Option("--min-cells", help="Report perturbations with fewer cells.")] = 20,
     ll_cells: Annotated[int, typer.Option("--ll-cells", help="Validation cells for the importance-sampled likelihood in run.json (0 skips it).")] = 1000,
     holdout: HoldoutOpt = None,
@@ -120,6 +121,12 @@ def train(
             model_kwargs[name] = value
         if encode_perturbation:
             model_kwargs["encode_perturbation"] = True
+        if decoder != "standard":
+            from scperturb_vae.module.likelihoods import DECODERS
+
+            if decoder not in DECODERS:
+                raise InputError(f"--decoder must be one of {', '.join(DECODERS)}, not {decoder!r}")
+            model_kwargs["decoder"] = decoder
         settings = TrainSettings(
             adata=str(adata), out=str(out), model=model, perturbation_key=perturbation_key,
             control=control, layer=layer, batch_key=batch_key, n_latent=n_latent,

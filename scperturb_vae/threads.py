@@ -4,9 +4,11 @@ torch's default is every core it sees.  That is the faster choice on an idle mac
 9.8k x 1,000 screen on 2 idle cores: 0.85 s an epoch with 2 threads against 1.26 s with
 one), and about 3x slower than one thread when other processes already keep the cores busy,
 as oversubscribed threads wait on each other.  :func:`default_threads` therefore takes the
-cores this process may use (its CPU affinity) less the load the other processes put on
-them (the 1-minute load average), and at least one.  ``SCVAE_THREADS`` or a command's
-``--threads`` override it.
+cores this process may use (its CPU affinity) less the cores the other processes keep busy
+now (:func:`busy_cores`: the machine's CPU time over a tenth of a second while this process
+sleeps), and at least one.  The 1-minute load average, used before, still counts a process
+that ended a minute ago: a command started right after another one got one thread on an
+idle machine.  ``SCVAE_THREADS`` or a command's ``--threads`` override it.
 
 numba (``sc.tl.umap``) and other OpenMP users can change torch's thread count inside a
 process; :func:`keep_torch_threads` restores it after such a call.
@@ -20,7 +22,7 @@ import sys
 
 from scperturb_vae.errors import InputError
 
-__all__ = ["ENV_VAR", "available_cores", "default_threads", "resolve_threads", "set_torch_threads",
+__all__ = ["ENV_VAR", "available_cores", "busy_cores", "default_threads", "resolve_threads", "set_torch_threads",
            "keep_torch_threads"]
 
 #: environment variable that fixes the thread count
@@ -35,9 +37,35 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def busy_cores(window: float = 0.1) -> float | None:
+    """Cores the machine's processes keep busy now (``/proc/stat`` over ``window`` seconds,
+    this process asleep meanwhile); None where the system has no ``/proc/stat``."""
+    import time
+
+    def sample() -> tuple[float, float]:
+        with open("/proc/stat") as f:
+            values = [float(v) for v in f.readline().split()[1:]]
+        idle = values[3] + (values[4] if len(values) > 4 else 0.0)  # idle + iowait
+        return sum(values[:8]), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(window)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    elapsed = total1 - total0
+    if elapsed <= 0:
+        return 0.0
+    return (1.0 - (idle1 - idle0) / elapsed) * (os.cpu_count() or 1)
+
+
 def default_threads(load: float | None = None) -> int:
-    """The available cores less the other processes' load (1-minute average), at least one."""
+    """The available cores less the busy ones (:func:`busy_cores`, else the 1-minute load
+    average), at least one.  ``load`` gives the busy cores instead of measuring them."""
     cores = available_cores()
+    if load is None:
+        load = busy_cores()
     if load is None:
         try:
             load = os.getloadavg()[0]
@@ -56,7 +84,7 @@ def resolve_threads(threads: int | None = None) -> tuple[int, str]:
             raise InputError(f"{ENV_VAR} must be a positive integer, not {text!r}")
         threads, source = int(text), ENV_VAR
     else:
-        return default_threads(), f"{available_cores()} cores less the load"
+        return default_threads(), f"{available_cores()} cores less the busy ones (the load)"
     if isinstance(threads, bool) or int(threads) != threads or threads < 1:
         raise InputError(f"--threads must be a positive integer, not {threads!r}")
     return int(threads), source

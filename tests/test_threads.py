@@ -26,7 +26,7 @@ def test_option_then_environment_then_default(monkeypatch):
         resolve_threads()
     monkeypatch.delenv("SCVAE_THREADS")
     count, source = resolve_threads()
-    assert 1 <= count <= available_cores() and "less the load" in source
+    assert 1 <= count <= available_cores() and "less the busy ones" in source
     with pytest.raises(InputError, match="--threads"):
         resolve_threads(0)
 
@@ -38,3 +38,23 @@ def test_torch_threads_survive_a_call_that_changes_them():
     with keep_torch_threads():
         torch.set_num_threads(max(1, before + 1))  # what numba's OpenMP layer does to torch
     assert torch.get_num_threads() == before
+
+
+def test_busy_cores_sees_a_process_that_keeps_a_core_busy():
+    import subprocess
+    import sys
+    import time
+
+    from scperturb_vae.threads import busy_cores
+
+    if busy_cores() is None:
+        pytest.skip("no /proc/stat on this system")
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        busy = busy_cores(window=0.3)
+    finally:
+        burner.kill()
+        burner.wait()
+    assert busy >= 0.8  # the burner's core, whatever else runs
+    assert default_threads(load=busy) <= max(1, available_cores() - 0.8 + 0.5)

@@ -19,8 +19,9 @@ trains it and times the importance-sampled likelihood:
   (``check_val_every_n_epoch=1``, as ``scvae train`` does);
 - each epoch is timed by a Lightning callback from the start of its training loop to its
   end (validation included), in wall time and in the child's CPU time
-  (``cpu_seconds_per_epoch``: steadier when other work shares the CPUs; each child runs
-  with the thread setting a user of the commands gets unless ``--threads`` fixes it, see
+  (``cpu_seconds_per_epoch``: steadier when other work shares the CPUs; every child runs
+  with the thread count a user of the commands gets, resolved once at the start, unless
+  ``--threads`` fixes it, see
   :data:`~scperturb_vae.bench.constants.DEFAULT_THREADS`; ``--thread-check`` compares that
   setting with every explicit count); ``--warmup-epochs``
   first epochs (start-up: allocator, first batches) are reported on their own and left
@@ -195,6 +196,7 @@ def run_bench(
     backed_cells: int = 1_000_000,
     backed_max_steps: int | None = None,
     thread_check: bool = False,
+    decoders: tuple[str, ...] | list[str] = ("standard",),
     trace_memory: bool = False,
     chunk_cells: int = 50_000,
     keep_data: bool = False,
@@ -216,6 +218,10 @@ def run_bench(
                       backed_cells=backed_cells if backed_check else None, backed_max_steps=backed_max_steps)
     if not speed and not sparse_check and not backed_check:
         raise InputError("nothing to measure: --no-speed without --sparse-check or --backed-check")
+    from scperturb_vae.module.likelihoods import DECODERS
+
+    if not decoders or any(d not in DECODERS for d in decoders):
+        raise InputError(f"--decoder must list decoders among {', '.join(DECODERS)}, not {','.join(decoders)!r}")
     if thread_check and not speed:
         raise InputError("--thread-check times sVAE+ on the speed screen: it needs --speed")
     screen = {"n_cells": n_cells, "n_genes": n_genes, "density": density, "n_perturbations": n_perturbations,
@@ -228,6 +234,11 @@ def run_bench(
     sizes = {**screen, "n_latent": n_latent, "n_hidden": n_hidden, "n_layers": n_layers, "dropout_rate": dropout_rate,
              "batch_size": batch_size, "warmup_epochs": warmup_epochs, "epochs": epochs, "is_cells": is_cells,
              "is_samples": is_samples, "is_samples_per_pass": is_samples_per_pass, "repeats": repeats}
+    from scperturb_vae.threads import resolve_threads
+
+    # the commands' own setting, resolved once here: every child of a comparison gets the same
+    # count (resolved in each child, it would see the previous child's load)
+    threads = resolve_threads(None)[0] if threads is None else threads
     info = _bench_info(sizes, threads)
     table = pd.DataFrame(columns=list(BENCH_COLUMNS))
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -239,7 +250,7 @@ def run_bench(
         import_peak = _measure_imports(children, info)
         path = data_dir / "screen.h5ad"
         if speed:
-            info["runs"] = _time_models(children, sizes, screen, path, model_list)
+            info["runs"] = _time_models(children, sizes, screen, path, model_list, list(decoders))
             table = summarise(info["runs"], {**sizes, "nnz": children.writes["speed"]["screen"]["nnz"]},
                               import_peak)
         if thread_check:
@@ -259,12 +270,12 @@ def run_bench(
     return BenchResult(out=out, table=table, info=info, markdown=markdown)
 
 
-def _bench_info(sizes: dict[str, Any], threads: int | None) -> dict[str, Any]:
+def _bench_info(sizes: dict[str, Any], threads: int) -> dict[str, Any]:
     """``bench.json`` before any measurement: the sizes, threads, machine, versions, command and method."""
     warmup_epochs = sizes["warmup_epochs"]
     return {
         "sizes": sizes,
-        "threads": "default" if threads is None else threads,
+        "threads": threads,
         "machine": machine_info(),
         "versions": package_versions(),
         "command": sys.argv,
@@ -294,21 +305,25 @@ def _measure_imports(children: _Children, info: dict[str, Any]) -> float:
 
 
 def _time_models(children: _Children, sizes: dict[str, Any], screen: dict[str, Any], path: Path,
-                 model_list: list[str]) -> dict[str, list[dict[str, Any]]]:
-    """Write the screen to ``path``, then train SCVI and each model once a round; every child's result by model.
+                 model_list: list[str], decoders: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Write the screen to ``path``, then train SCVI and each model (with each decoder) once a round.
 
-    Rounds alternate the order: SCVI first in even rounds, last in odd ones.
+    Every child's result by label (the model, or ``MODEL (DECODER)`` for a decoder other than
+    the standard one).  Rounds alternate the order: SCVI first in even rounds, last in odd ones.
     """
     children.write("speed", "write", path, screen)
     repeats = sizes["repeats"]
     spec = {**sizes, "kind": "train", "path": str(path)}
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in (SCVI_NAME, *model_list)}
-    order = [SCVI_NAME, *model_list]
+    order = [(SCVI_NAME, "standard"), *((m, d) for m in model_list for d in decoders)]
+    label = {(m, d): m if d == "standard" else f"{m} ({d})" for m, d in order}
+    runs: dict[str, list[dict[str, Any]]] = {label[key]: [] for key in order}
     for rnd in range(repeats):
-        for name in (order if rnd % 2 == 0 else order[::-1]):
-            result = children.run({**spec, "model": name, "name": f"{name}_round{rnd}".replace("+", "plus")})
-            runs[name].append(result)
-            logger.info(f"{name} (round {rnd + 1}/{repeats}): {result['seconds_per_epoch']:.3f} s/epoch, "
+        for name, decoder in (order if rnd % 2 == 0 else order[::-1]):
+            tag = f"{name}_{decoder}" if decoder != "standard" else name
+            result = children.run({**spec, "model": name, "decoder": decoder,
+                                   "name": f"{tag}_round{rnd}".replace("+", "plus")})
+            runs[label[name, decoder]].append(result)
+            logger.info(f"{label[name, decoder]} (round {rnd + 1}/{repeats}): {result['seconds_per_epoch']:.3f} s/epoch, "
                         f"IS {result.get('is_cell_samples_per_second', float('nan')):.0f} cell-samples/s, "
                         f"peak RSS {result['peak_rss_mb']:.0f} MB")
     return runs

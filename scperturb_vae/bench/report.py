@@ -177,7 +177,8 @@ def _backed_markdown(b: dict[str, Any]) -> list[str]:
          f"{b['nnz']} stored counts (CSR {_fmt(b['csr_mb'], 0)} MB on disk), minibatches fetched many at a time "
          f"(scDataset); {steps if steps is not None else '?'} training minibatches, then the validation pass, "
          "the batch-norm recalibration pass over the training cells and the latent pass over every cell; then the "
-         f"same in memory (the same minibatches), {b['torch_threads']} torch thread(s) each."),
+         f"same in memory (the same minibatches); torch threads {b['torch_threads']} backed, "
+         f"{mem['torch_threads']} in memory."),
         "",
         (f"**peak RSS {_fmt(b['peak_rss_mb'], 0)} MB** (stage {b['peak_stage']}; imports alone "
          f"{_fmt(b['import_peak_rss_mb'], 0)} MB); target < {_fmt(b['target_mb'], 0)} MB: "

@@ -158,6 +158,8 @@ def _setup_model(name: str, data, spec: dict[str, Any]):
         return scvi.model.SCVI(adata, n_latent=spec["n_latent"], gene_likelihood="nb", **net)
     cls = MODELS[name]
     cls.setup_anndata(adata, perturbation_key=data.perturbation_key, control_label=data.control_label)
+    if spec.get("decoder", "standard") != "standard":
+        net["decoder"] = spec["decoder"]
     return cls(adata, n_latent=spec["n_latent"], likelihood="nb", **net)
 
 
@@ -191,6 +193,7 @@ def _work_train(spec: dict[str, Any]) -> dict[str, Any]:
     timed_val = timer.validation[spec["warmup_epochs"]:]
     result: dict[str, Any] = {
         "model": spec["model"],
+        "decoder": spec.get("decoder", "standard"),
         "epoch_seconds": timer.epochs,
         "epoch_cpu_seconds": timer.cpu,
         "validation_seconds": timer.validation,

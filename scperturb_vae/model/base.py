@@ -35,7 +35,7 @@ __all__ = ["MIN_ALIGN_EPOCHS", "MODULE_OPTIONS", "PerturbationModelBase", "defau
 
 #: options of the shared module that every model passes through ``**module_kwargs``
 MODULE_OPTIONS = {
-    "n_hidden", "n_layers", "dropout_rate", "encode_perturbation", "encoder_norm", "decoder_norm",
+    "n_hidden", "n_layers", "dropout_rate", "encode_perturbation", "encoder_norm", "decoder_norm", "decoder",
 }
 
 

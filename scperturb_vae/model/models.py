@@ -37,8 +37,10 @@ _NETWORK_DOC = """
 _KWARGS_DOC = """    **module_kwargs
         Network options of :class:`~scperturb_vae.module.vae.PerturbationVAEModule`:
         ``n_hidden`` (128), ``n_layers`` (1), ``dropout_rate`` (0.1), ``encoder_norm``
-        and ``decoder_norm`` (``"batch"``, ``"layer"`` or ``"none"``; default ``"batch"``), and ``encode_perturbation`` (False;
-        True gives the encoder the perturbation, ``q(z | x, a)``)."""
+        and ``decoder_norm`` (``"batch"``, ``"layer"`` or ``"none"``; default ``"batch"``), ``encode_perturbation`` (False;
+        True gives the encoder the perturbation, ``q(z | x, a)``), and ``decoder`` (``"standard"``,
+        or ``"injective"``: the latent-identifiable VAE's injective decoder against posterior collapse,
+        :mod:`scperturb_vae.module.injective`)."""
 
 
 class SVAEPlus(PerturbationModelBase):

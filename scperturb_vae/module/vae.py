@@ -35,11 +35,13 @@ from scvi.nn import DecoderSCVI, Encoder
 from torch import nn
 from torch.distributions import Normal
 
-from scperturb_vae.module.likelihoods import LIKELIHOODS, NORMS
+from scperturb_vae.module.injective import InjectiveDecoder
+from scperturb_vae.module.likelihoods import DECODERS, LIKELIHOODS, NORMS
 from scperturb_vae.module.priors import Prior
 
 Likelihood = Literal["nb", "zinb", "poisson"]
 Norm = Literal["layer", "batch", "none"]
+DecoderKind = Literal["standard", "injective"]
 
 
 #: bytes one pass of the importance sampling may hold (the README's figure)
@@ -82,6 +84,10 @@ class PerturbationVAEModule(BaseModuleClass):
         Weight of the KL term (beta-VAE when != 1).
     tc_beta
         When set, use the beta-TCVAE decomposition with this weight on the total correlation.
+    decoder
+        ``"standard"`` (scVI's decoder) or ``"injective"``: the latent-identifiable VAE's
+        injective decoder built from Brenier maps (:class:`~scperturb_vae.module.injective.InjectiveDecoder`;
+        ``decoder_norm`` does not apply), against posterior collapse.
     encoder_norm, decoder_norm
         Normalisation of the hidden layers: ``"batch"`` (default, as scVI), ``"layer"`` or
         ``"none"``.  On the sVAE+ paper's simulation (100 epochs) batch norm in both gave the
@@ -108,8 +114,11 @@ class PerturbationVAEModule(BaseModuleClass):
         tc_beta: float | None = None,
         encoder_norm: Norm = "batch",
         decoder_norm: Norm = "batch",
+        decoder: DecoderKind = "standard",
     ):
         super().__init__()
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, not {decoder!r}")
         for norm in (encoder_norm, decoder_norm):
             if norm not in NORMS:
                 raise ValueError(f"norm must be one of {NORMS}, not {norm!r}")
@@ -138,16 +147,20 @@ class PerturbationVAEModule(BaseModuleClass):
             use_layer_norm=encoder_norm == "layer",
             return_dist=True,
         )
-        self.decoder = DecoderSCVI(
-            n_latent,
-            n_input,
-            n_cat_list=cat_list,
-            n_layers=n_layers,
-            n_hidden=n_hidden,
-            inject_covariates=True,
-            use_batch_norm=decoder_norm == "batch",
-            use_layer_norm=decoder_norm == "layer",
-        )
+        self.decoder_kind = decoder
+        if decoder == "injective":
+            self.decoder = InjectiveDecoder(n_latent, n_input, n_batch=n_batch, n_hidden=n_hidden)
+        else:
+            self.decoder = DecoderSCVI(
+                n_latent,
+                n_input,
+                n_cat_list=cat_list,
+                n_layers=n_layers,
+                n_hidden=n_hidden,
+                inject_covariates=True,
+                use_batch_norm=decoder_norm == "batch",
+                use_layer_norm=decoder_norm == "layer",
+            )
         self.px_r = nn.Parameter(torch.randn(n_input))
 
     # ------------------------------------------------------------------ helpers

@@ -63,6 +63,8 @@ SUMMARY_METRICS: dict[str, str] = {
     "graph_null_specificity": "nulls without",
     "edge_jaccard": "edge Jaccard across seeds",
     "active_units": "active units",
+    "kl_total": "KL (nats)",
+    "mutual_information": "MI (nats)",
     "validation_nll": "validation NLL",
     "train_seconds": "train s",
 }
@@ -199,6 +201,9 @@ def run_benchmark(
     sizes: dict[str, Any] | None = None,
     progress_bar: bool = False,
     data_seed: int | None = None,
+    decoders: Sequence[str] = ("standard",),
+    network: dict[str, Any] | None = None,
+    latent_factor: int = 1,
 ) -> BenchmarkResult:
     """Simulate, train every model on every seed's screen, score, summarise (see the module docstring).
 
@@ -233,6 +238,13 @@ def run_benchmark(
         only the training, and ``edge_jaccard`` (each run's mean Jaccard index of its
         truth-matched edges with the other seeds' runs of the model) says how reproducible
         the graph is.  None: one screen per seed, ``edge_jaccard`` is NaN.
+    decoders
+        Train every model with each decoder (``"standard"``, ``"injective"``); with more than
+        one, a run is labelled ``MODEL (DECODER)`` and ``kl_per_latent.csv`` is written.
+    network
+        Network options of every model (e.g. ``{"n_layers": 2}``).
+    latent_factor
+        Without ``n_latent``: this many latents per true latent (2: an over-specified model).
     """
     import anndata as ad
 
@@ -243,13 +255,23 @@ def run_benchmark(
                                                       sizes)
     if data_seed is not None and (isinstance(data_seed, bool) or int(data_seed) != data_seed or data_seed < 0):
         raise InputError(f"--data-seed must be a non-negative integer, not {data_seed!r}")
+    from scperturb_vae.module.likelihoods import DECODERS
+
+    unknown = [d for d in decoders if d not in DECODERS]
+    if unknown or not decoders:
+        raise InputError(f"unknown decoder(s) {', '.join(unknown) or '(none given)'}; choose among {', '.join(DECODERS)}")
+    if isinstance(latent_factor, bool) or int(latent_factor) != latent_factor or latent_factor < 1:
+        raise InputError(f"the latents per true latent must be a positive integer, not {latent_factor!r}")
     out = check_output(out, overwrite)
-    train = {"n_latent": n_latent, "max_epochs": max_epochs, "ll_cells": ll_cells, "progress_bar": progress_bar}
+    train = {"n_latent": n_latent, "max_epochs": max_epochs, "ll_cells": ll_cells, "progress_bar": progress_bar,
+             "latent_factor": int(latent_factor), "network": dict(network or {})}
+    labels = {(m, d): m if len(decoders) == 1 else f"{m} ({d})" for m in models for d in decoders}
     rows: list[dict[str, Any]] = []
     graphs: dict[str, pd.DataFrame] = {}
     true_graph_first: pd.DataFrame | None = None
-    total = len(models) * len(seeds)
-    edges: dict[str, list[set]] = {model: [] for model in models}
+    total = len(labels) * len(seeds)
+    edges: dict[str, list[set]] = {label: [] for label in labels.values()}
+    kl_rows: list[dict[str, Any]] = []
     with atomic_dir(out, overwrite=overwrite) as tmp:
         (tmp / "data").mkdir()
         (tmp / "runs").mkdir()
@@ -266,22 +288,25 @@ def run_benchmark(
             truth.file.close()
             if seed == seeds[0]:
                 true_graph_first = true_graph
-            for model in models:
-                row, score = _benchmark_run(tmp, out, model, seed, preset, data_name, n_true, train,
-                                            f"{len(rows) + 1}/{total}")
+            for (model, decoder), label in labels.items():
+                row, score, kl = _benchmark_run(tmp, out, model, seed, preset, data_name, n_true, train,
+                                                f"{len(rows) + 1}/{total}", decoder=decoder, label=label)
                 rows.append(row)
+                kl_rows += [{"model": label, "seed": seed, "latent": i, "kl": v} for i, v in enumerate(kl)]
                 learned = pd.read_csv(tmp / row["run"] / "intervention_graph.csv", index_col=0)
                 learned.index = learned.index.astype(str)
                 learned.columns = learned.columns.astype(str)
-                edges[model].append(matched_edges(true_graph, learned, score["assignment"]))
+                edges[label].append(matched_edges(true_graph, learned, score["assignment"]))
                 if seed == seeds[0]:
-                    graphs[model] = aligned_graph(learned, true_graph_first, score["assignment"])
+                    graphs[label] = aligned_graph(learned, true_graph_first, score["assignment"])
         if data_seed is not None:
-            for model in models:
-                for row, value in zip([r for r in rows if r["model"] == model], edge_jaccard(edges[model])):
+            for label in labels.values():
+                for row, value in zip([r for r in rows if r["model"] == label], edge_jaccard(edges[label])):
                     row["edge_jaccard"] = value
-        results, summary, table = _write_tables(tmp, rows, models, preset, seeds, max_epochs, true_graph_first, graphs,
-                                                data_seed)
+        if len(decoders) > 1:
+            pd.DataFrame(kl_rows).to_csv(tmp / "kl_per_latent.csv", index=False)
+        results, summary, table = _write_tables(tmp, rows, list(labels.values()), preset, seeds, max_epochs,
+                                                true_graph_first, graphs, data_seed)
     return BenchmarkResult(out=out, results=results, summary=summary, table=table)
 
 
@@ -317,22 +342,27 @@ RESULT_METRICS = (
 
 
 def _benchmark_run(tmp: Path, out: Path, model: str, seed: int, preset: str, data_name: str, n_true: int,
-                   train: dict[str, Any], progress: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Train one model on one seed's screen and score it; ``(results.csv row, score)``."""
+                   train: dict[str, Any], progress: str, *, decoder: str = "standard", label: str | None = None):
+    """Train one model on one seed's screen and score it; ``(results.csv row, score, KL per latent)``."""
     from scperturb_vae.pipelines.train import TrainSettings, train_run
     from scperturb_vae.tl.metrics import posterior_collapse
 
-    run_name = f"runs/{model}_seed{seed}"
+    label = model if label is None else label
+    run_name = f"runs/{model}_seed{seed}" if label == model else f"runs/{model}_{decoder}_seed{seed}"
+    model_kwargs = dict(train["network"])
+    if decoder != "standard":
+        model_kwargs["decoder"] = decoder
     start = time.perf_counter()
     result = train_run(
         TrainSettings(
             adata=str(tmp / data_name),
             out=str(tmp / run_name),
             model=model,
-            n_latent=n_true if train["n_latent"] is None else train["n_latent"],
+            n_latent=n_true * train["latent_factor"] if train["n_latent"] is None else train["n_latent"],
             max_epochs=train["max_epochs"],
             seed=seed,
             ll_cells=train["ll_cells"],
+            model_kwargs=model_kwargs,
         ),
         progress_bar=train["progress_bar"],
     )
@@ -347,13 +377,14 @@ def _benchmark_run(tmp: Path, out: Path, model: str, seed: int, preset: str, dat
     write_score(score, tmp / run_name / "score.json")
     seconds = time.perf_counter() - start
     logger.info(
-        f"[{progress}] {model} seed {seed}: MCC {format_value(score['mcc_pearson'])}, "
+        f"[{progress}] {label} seed {seed}: MCC {format_value(score['mcc_pearson'])}, "
         f"R^2 {format_value(score['r2'])}, MIG {format_value(score['mig'])}, graph F1 {format_value(score['graph_f1'])}, "
         f"AUROC {format_value(score['graph_auroc'])}, active units {score['active_units']}/{score['n_latent']} "
         f"({seconds:.1f} s)"
     )
     row = {
-        "model": model,
+        "model": label,
+        "decoder": decoder,
         "seed": seed,
         "preset": preset,
         "n_latent": score["n_latent"],
@@ -366,7 +397,7 @@ def _benchmark_run(tmp: Path, out: Path, model: str, seed: int, preset: str, dat
         "seconds": round(seconds, 3),
         "run": run_name,
     }
-    return row, score
+    return row, score, list(diagnostics.get("kl_per_latent") or [])
 
 
 def _write_tables(tmp: Path, rows: list, models: list[str], preset: str, seeds: list[int], max_epochs,

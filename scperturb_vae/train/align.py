@@ -123,21 +123,26 @@ def perturbation_mean_shifts(module, dataloader) -> tuple[np.ndarray, np.ndarray
 def rotate_module(module, rotation: np.ndarray) -> list[torch.nn.Parameter]:
     """Rotate the latent space of ``module`` by ``rotation`` (``z_new = z_old @ rotation``).
 
-    The encoder's mean layer, the decoder's first layer (its latent columns) and the prior's
-    shifts are rotated; the mask logits are set back to their initial value.  Returns the
+    The encoder's mean layer, the decoder's first layer (its latent columns; a decoder with
+    a ``rotate_latents`` method rotates itself) and the prior's shifts are rotated; the mask logits are set back to their initial value.  Returns the
     parameters changed (for the optimiser's state).
     """
     r = torch.as_tensor(rotation, dtype=torch.float32, device=module.prior.shift.device)
     mean_layer = module.z_encoder.mean_encoder
     mean_layer.weight.copy_(r.T @ mean_layer.weight)
     mean_layer.bias.copy_(mean_layer.bias @ r)
-    first = module.decoder.px_decoder.fc_layers[0][0]
-    d = module.n_latent
-    first.weight[:, :d] = first.weight[:, :d] @ r
+    rotate_decoder = getattr(module.decoder, "rotate_latents", None)
+    if rotate_decoder is not None:  # a decoder that rotates itself (the injective one)
+        decoder_params = rotate_decoder(r)
+    else:  # scVI's decoder: the latent columns of its first layer
+        first = module.decoder.px_decoder.fc_layers[0][0]
+        d = module.n_latent
+        first.weight[:, :d] = first.weight[:, :d] @ r
+        decoder_params = [first.weight]
     prior = module.prior
     prior.shift.copy_(prior.shift @ r)
     prior.mask_logit.fill_(prior.mask_init_logit)
-    return [mean_layer.weight, mean_layer.bias, first.weight, prior.shift, prior.mask_logit]
+    return [mean_layer.weight, mean_layer.bias, *decoder_params, prior.shift, prior.mask_logit]
 
 
 class AlignLatents(Callback):

@@ -1,60 +1,92 @@
-r"""Minibatches of an on-disk (backed) screen read many at a time: scvi-tools' split, scDataset's loader.
+r"""Minibatches read many at a time: scvi-tools' split, scDataset's loader, in memory and backed alike.
 
-scvi-tools' own loader reads every minibatch of a backed ``.h5ad`` with one HDF5 call for
-128 scattered rows; each call costs about as much as the rows it reads, and training from
-a backed file ran 1.8x an in-memory epoch (measured on 1,000,000 x 2,000 cells, see the
-README).  :class:`FetchingSplitter` keeps scvi-tools' :class:`~scvi.dataloaders.DataSplitter`
-(the same training and validation cells, from the same seed) and hands the reading to
-`scDataset <https://github.com/scDataset/scDataset>`_ (pypi ``scdataset``): each *fetch*
-reads ``fetch_factor`` minibatches' rows in one sorted call (scvi-tools'
-:class:`~scvi.data.AnnTorchDataset` does the reading, so every registered field comes out as
-it does in memory) and is cut into minibatches.
+scvi-tools' own loader reads every minibatch of a backed ``.h5ad`` with one call for 128
+scattered rows; anndata reads the whole row pointer for each call and HDF5 each row through a
+one-chunk cache, so a backed epoch ran 1.8x an in-memory one.  :class:`FetchingSplitter` keeps
+scvi-tools' :class:`~scvi.dataloaders.DataSplitter` (the same training and validation cells,
+from the same seed) and hands the reading to `scDataset <https://github.com/scDataset/scDataset>`_
+(pypi ``scdataset``): each *fetch* reads ``fetch_factor`` minibatches' rows in one sorted call
+(:class:`FetchedRows`: the counts stay sparse, the other registered fields come from scvi-tools'
+:class:`~scvi.data.AnnTorchDataset`), and is cut into minibatches made dense one at a time.
 
 Training minibatches (:class:`scdataset.strategy.BlockShuffling`): every epoch a new random
 order of the training cells in blocks of ``block_size`` consecutive rows, cut into fetches,
-each fetch shuffled and cut into minibatches, so a minibatch mixes about ``batch_size``
-cells from as many random places of the file (with ``block_size=1``, the default, a
-uniformly random sample, as scvi-tools' sampler draws; the split leaves no last minibatch of
-one or two cells, as scvi-tools' does).  Validation and the passes after training: the
-cells in row order (:class:`scdataset.strategy.Streaming`), fetched the same way.  Under
-Lightning's DDP, scDataset gives each process every ``world_size``-th fetch.
+each fetch shuffled and cut into minibatches (with ``block_size=1``, the default, a uniformly
+random sample of cells, as scvi-tools' sampler draws; the split leaves no last minibatch of one
+or two cells, as scvi-tools' does).  Validation and the passes after training: the cells in
+row order (:class:`scdataset.strategy.Streaming`), fetched the same way.  Under Lightning's
+DDP, training reads with scvi-tools' distributed sampler (scDataset deals whole fetches to the
+processes in turn, which can leave them unequal numbers of minibatches, and the one with more
+then waits forever in its gradient all-reduce).
 
 It is the loader of every model, in memory and backed alike (``loader="fetch"``), so a
 backed run trains on the very minibatches of the in-memory run and gives the same numbers;
 ``loader="scvi"`` keeps scvi-tools' own sampler (other random minibatches, the same
-statistics).  In memory the fetching costs nothing measurable (11.6 s against 11.5 s an
-epoch of 50,000 x 2,000 cells); from a backed file it took an epoch from 24.9 s (2.2x the
-in-memory epoch) to 13.6 s (1.18x).
+statistics).  The measurements are in the README (``scvae bench --backed-check``).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from scvi import settings
 from scvi.dataloaders import DataSplitter
 
-__all__ = ["DEFAULT_BLOCK_SIZE", "DEFAULT_FETCH_FACTOR", "LOADERS", "FetchingSplitter", "fetching_loader",
-           "uses_fetching"]
+__all__ = ["DEFAULT_BLOCK_SIZE", "DEFAULT_FETCH_FACTOR", "LOADERS", "FetchedRows", "FetchingSplitter",
+           "fetching_loader", "minibatch_tensors", "uses_fetching"]
 
-#: minibatches read by one call (a fetch of 16 x 128 rows)
-DEFAULT_FETCH_FACTOR = 16
+#: minibatches read by one call (a fetch of 128 x 128 = 16,384 rows; kept sparse until a
+#: minibatch is cut).  HDF5 reads a backed matrix row by row through a one-chunk cache, so the
+#: more sorted rows a fetch holds, the more of them share a chunk: at 1,000,000 x 2,000 cells
+#: 2,048 rows came at 8,500 rows/s, 8,192 at 25,000 and 16,384 at 37,000.
+DEFAULT_FETCH_FACTOR = 128
 #: consecutive rows sampled together (1: a uniformly random order of the cells)
 DEFAULT_BLOCK_SIZE = 1
 #: ``fetch`` (scDataset, the default, in memory and backed alike) or ``scvi`` (scvi-tools' own sampler)
 LOADERS = ("fetch", "scvi")
 
 
-def _to_tensors(batch: dict) -> dict:
-    return {key: torch.as_tensor(value) for key, value in batch.items()}
+class FetchedRows:
+    """Rows of a registered AnnData for scDataset's fetches (``len`` and indexing by sorted rows).
+
+    The counts come out as read (CSR from a sparse or backed matrix) and are made dense one
+    minibatch at a time (:func:`minibatch_tensors`), so a fetch of many minibatches costs its
+    stored counts, not ``rows x genes`` floats; the other registered fields (labels, batch)
+    are read by scvi-tools' :class:`~scvi.data.AnnTorchDataset`, as they are in memory.
+    """
+
+    def __init__(self, adata_manager):
+        from scvi import REGISTRY_KEYS
+        from scvi.data import AnnTorchDataset
+
+        self.key = REGISTRY_KEYS.X_KEY
+        self.counts = adata_manager.get_from_registry(self.key)
+        others = [k for k in adata_manager.data_registry if k != self.key]
+        self.fields = AnnTorchDataset(adata_manager, getitem_tensors=others) if others else None
+        self.n_obs = int(adata_manager.adata.n_obs)
+
+    def __len__(self) -> int:
+        return self.n_obs
+
+    def __getitem__(self, rows) -> dict:
+        rows = np.asarray(rows)
+        x = self.counts[rows]
+        x = sp.csr_matrix(x, dtype=np.float32) if sp.issparse(x) else np.asarray(x, dtype=np.float32)
+        return {self.key: x, **(self.fields[rows] if self.fields is not None else {})}
 
 
-def _fetch(dataset, indices):
-    return dataset[np.asarray(indices)]
+def minibatch_tensors(fetched: dict, positions) -> dict:
+    """One minibatch (``positions`` of a fetch) as scvi-tools' tensor dict, the counts made dense."""
+    out = {}
+    for key, value in fetched.items():
+        part = value[positions]
+        out[key] = torch.as_tensor(part.toarray() if sp.issparse(part) else part)
+    return out
 
 
-def _take(fetched: dict, positions) -> dict:
-    return {key: value[positions] for key, value in fetched.items()}
+def _fetch(rows: FetchedRows, indices) -> dict:
+    return rows[indices]
 
 
 def fetching_loader(adata_manager, indices, *, batch_size: int, shuffle: bool, seed: int | None,
@@ -68,7 +100,6 @@ def fetching_loader(adata_manager, indices, *, batch_size: int, shuffle: bool, s
     """
     from scdataset import scDataset
     from scdataset.strategy import BlockShuffling, Streaming
-    from scvi.data import AnnTorchDataset
 
     indices = np.asarray(indices, dtype=np.int64)
     if shuffle:
@@ -78,8 +109,8 @@ def fetching_loader(adata_manager, indices, *, batch_size: int, shuffle: bool, s
     else:
         strategy = Streaming(indices=indices)
     dataset = scDataset(
-        AnnTorchDataset(adata_manager), strategy, batch_size=int(batch_size), fetch_factor=int(fetch_factor),
-        drop_last=drop_last, fetch_callback=_fetch, batch_callback=_take, batch_transform=_to_tensors,
+        FetchedRows(adata_manager), strategy, batch_size=int(batch_size), fetch_factor=int(fetch_factor),
+        drop_last=drop_last, fetch_callback=_fetch, batch_callback=minibatch_tensors,
         seed=0 if seed is None else int(seed), rank=0, world_size=1,
     )
     return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=0, pin_memory=pin_memory)

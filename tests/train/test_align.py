@@ -4,6 +4,7 @@ the module leaves what it computes unchanged."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from scperturb_vae.module.priors import SparseShiftPrior
@@ -38,10 +39,12 @@ def test_the_sparsest_rotation_undoes_a_rotation_of_sparse_shifts():
     assert np.abs(sparse @ sparsest_rotation(sparse)).sum() <= 1.001 * np.abs(sparse).sum()  # already sparse
 
 
-def test_rotating_the_module_keeps_the_decoder_and_the_shifted_means():
+@pytest.mark.parametrize("decoder", ["standard", "injective"])
+def test_rotating_the_module_keeps_the_decoder_and_the_shifted_means(decoder):
     torch.manual_seed(0)
     prior = SparseShiftPrior(3, 2)
-    module = PerturbationVAEModule(12, torch.tensor([[-1], [0], [1]]), prior, n_latent=3, n_hidden=16).eval()
+    module = PerturbationVAEModule(12, torch.tensor([[-1], [0], [1]]), prior, n_latent=3, n_hidden=16,
+                                   decoder=decoder).eval()
     x = torch.poisson(torch.rand(5, 12) * 5) + 1
     labels = torch.tensor([[0], [1], [2], [1], [0]])
     batch = torch.zeros(5, 1, dtype=torch.long)
