@@ -5,7 +5,8 @@
 2. ``scvae evaluate``'s code path: train sVAE+ and the VAE on the other 80 perturbations,
    print sVAE+'s recovery of the true latents and graph;
 3. adapt the held-out perturbations' prior parameters (networks frozen) and print the
-   held-out likelihood table and the few-shot curve;
+   held-out likelihood table, the few-shot curve and the predicted effects beside the
+   baselines (``scvae evaluate --predict``);
 4. simulate the ``programs`` screen (each latent drives its own gene program), train sVAE+;
 5. ``scvae interpret`` against the simulator's own gene programs: print the summary, how
    many active latents have their true program as top enriched set, and the graph against
@@ -69,7 +70,7 @@ def run_demo(out: Path, *, quick: bool = False, max_epochs: int | None = None, s
         out=str(out / "evaluation"), adata=str(sim_path), models=["svae+", "vae"], holdout_perturbations=held,
         n_latent=n_latent, max_epochs=epochs, seed=seed, overwrite=True,
         n_importance=50 if quick else 1000, adapt_steps=100 if quick else 500,
-        fewshot=[0, 10, "all"] if quick else [0, 10, 50, "all"],
+        fewshot=[0, 10, "all"] if quick else [0, 10, 50, "all"], predict=True,
     ), progress_bar=not quick)
     run_dir = out / "evaluation" / "runs" / "svae_plus"
     s = json.loads((run_dir / "run.json").read_text())
@@ -87,6 +88,13 @@ def run_demo(out: Path, *, quick: bool = False, max_epochs: int | None = None, s
     fs = ev["fewshot"].pivot(index="model", columns="adaptation_cells_per_perturbation", values="nll")
     print("  few-shot (adaptation cells per perturbation -> held-out NLL):")
     for line in fs.to_string(float_format=lambda v: f"{v:.2f}").splitlines():
+        print("    " + line)
+    metrics = pd.DataFrame(ev["summary"]["predict"]["metrics"])
+    wide = metrics[metrics["group"] == "single"].pivot(index="method", columns="k", values="ate_pearson_top20")
+    print("  predicted effects (ATE Pearson over each perturbation's top-20 DE genes, by adaptation cells k; "
+          "baselines on the same cells; evaluation/predict/):")
+    for line in wide.reindex(list(dict.fromkeys(metrics["method"]))).to_string(
+            float_format=lambda v: f"{v:.3f}", na_rep="-").splitlines():
         print("    " + line)
 
     # 4. the programs screen

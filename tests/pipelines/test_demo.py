@@ -16,6 +16,7 @@ def test_demo_quick_runs_end_to_end(tmp_path, capsys):
         assert step in out
     assert "MCC" in out and "heldout_adapted" in out and "top enriched set" in out
     assert "graph against the data" in out
+    assert "predicted effects" in out and "kcell_mean" in out
     demo = tmp_path / "demo"
     run = demo / "evaluation" / "runs" / "svae_plus"
     summary = json.loads((run / "run.json").read_text())
@@ -23,6 +24,7 @@ def test_demo_quick_runs_end_to_end(tmp_path, capsys):
     assert summary["holdout"]["perturbations"] and summary["recovery"]["mcc_pearson"] > 0
     table = pd.read_csv(demo / "evaluation" / "nll.csv")
     assert set(table["model"]) == {"svae+", "vae"} and table["nll"].notna().all()
+    assert (demo / "evaluation" / "predict" / "metrics.csv").exists()
     assert (demo / "interpretation" / "summary.md").exists()
     assert (demo / "interpretation" / "enrichment.csv").exists()
     assert (demo / "interpretation" / "graph_vs_data.csv").exists()
