@@ -33,14 +33,22 @@ import torch
 from scvi import settings
 from scvi.dataloaders import DataSplitter
 
-__all__ = ["DEFAULT_BLOCK_SIZE", "DEFAULT_FETCH_FACTOR", "LOADERS", "FetchedRows", "FetchingSplitter",
-           "fetching_loader", "minibatch_tensors", "uses_fetching"]
+__all__ = ["DEFAULT_BLOCK_SIZE", "DEFAULT_FETCH_FACTOR", "FETCH_BYTES", "LOADERS", "MAX_FETCH_FACTOR",
+           "MIN_FETCH_FACTOR", "FetchedRows", "FetchingSplitter", "fetching_loader", "minibatch_tensors",
+           "uses_fetching"]
 
-#: minibatches read by one call (a fetch of 128 x 128 = 16,384 rows; kept sparse until a
-#: minibatch is cut).  HDF5 reads a backed matrix row by row through a one-chunk cache, so the
-#: more sorted rows a fetch holds, the more of them share a chunk: at 1,000,000 x 2,000 cells
-#: 2,048 rows came at 8,500 rows/s, 8,192 at 25,000 and 16,384 at 37,000.
-DEFAULT_FETCH_FACTOR = 128
+#: stored counts one fetch may hold (bytes of CSR values and column indices): the fetch size
+#: follows from the matrix's counts per cell, between :data:`MIN_FETCH_FACTOR` and
+#: :data:`MAX_FETCH_FACTOR` minibatches.  HDF5 reads a backed matrix row by row through a
+#: one-chunk cache, so the more sorted rows a fetch holds, the more of them share a chunk: at
+#: 1,000,000 x 2,000 cells (200 counts each) 2,048 rows per fetch came at 8,500 rows/s,
+#: 16,384 at 37,000 and 32,768 at 49,000 (which 64 MB allows there; 20,000 genes at the same
+#: density get 4,096 rows a fetch).
+FETCH_BYTES = 64 << 20
+MIN_FETCH_FACTOR = 16
+MAX_FETCH_FACTOR = 256
+#: ``fetch_factor="auto"``: from :data:`FETCH_BYTES`
+DEFAULT_FETCH_FACTOR = "auto"
 #: consecutive rows sampled together (1: a uniformly random order of the cells)
 DEFAULT_BLOCK_SIZE = 1
 #: ``fetch`` (scDataset, the default, in memory and backed alike) or ``scvi`` (scvi-tools' own sampler)
@@ -66,6 +74,21 @@ class FetchedRows:
         self.fields = AnnTorchDataset(adata_manager, getitem_tensors=others) if others else None
         self.n_obs = int(adata_manager.adata.n_obs)
 
+    def stored_per_row(self) -> float:
+        """Counts stored per cell: the CSR's (read from the last row pointer when backed), or the genes."""
+        counts = self.counts
+        if sp.issparse(counts):
+            return counts.nnz / max(1, counts.shape[0])
+        group = getattr(counts, "group", None)  # a backed sparse matrix (anndata's dataset)
+        if group is not None and "indptr" in group:
+            return float(group["indptr"][-1]) / max(1, self.n_obs)
+        return float(counts.shape[1])
+
+    def fetch_factor(self, batch_size: int) -> int:
+        """Minibatches per fetch for :data:`FETCH_BYTES` of stored counts (8 bytes each)."""
+        rows = FETCH_BYTES / (8.0 * max(1.0, self.stored_per_row()))
+        return int(np.clip(rows // max(1, batch_size), MIN_FETCH_FACTOR, MAX_FETCH_FACTOR))
+
     def __len__(self) -> int:
         return self.n_obs
 
@@ -90,12 +113,13 @@ def _fetch(rows: FetchedRows, indices) -> dict:
 
 
 def fetching_loader(adata_manager, indices, *, batch_size: int, shuffle: bool, seed: int | None,
-                    fetch_factor: int = DEFAULT_FETCH_FACTOR, block_size: int = DEFAULT_BLOCK_SIZE,
+                    fetch_factor: int | str = DEFAULT_FETCH_FACTOR, block_size: int = DEFAULT_BLOCK_SIZE,
                     drop_last: bool = False, pin_memory: bool = False):
     """A DataLoader of ``indices``' minibatches (tensor dicts, as scvi-tools' loader), read by scDataset.
 
     ``shuffle``: a new random order each epoch (blocks of ``block_size`` rows), else the cells
-    in row order (``indices`` sorted).  One process reads every cell, even inside a DDP
+    in row order (``indices`` sorted).  ``fetch_factor``: minibatches per read, or ``"auto"``
+    (:meth:`FetchedRows.fetch_factor`).  One process reads every cell, even inside a DDP
     process group (the passes after training).
     """
     from scdataset import scDataset
@@ -108,8 +132,11 @@ def fetching_loader(adata_manager, indices, *, batch_size: int, shuffle: bool, s
         raise ValueError("the cells of an unshuffled fetching loader must be in row order")
     else:
         strategy = Streaming(indices=indices)
+    rows = FetchedRows(adata_manager)
+    if fetch_factor == "auto":
+        fetch_factor = rows.fetch_factor(int(batch_size))
     dataset = scDataset(
-        FetchedRows(adata_manager), strategy, batch_size=int(batch_size), fetch_factor=int(fetch_factor),
+        rows, strategy, batch_size=int(batch_size), fetch_factor=int(fetch_factor),
         drop_last=drop_last, fetch_callback=_fetch, batch_callback=minibatch_tensors,
         seed=0 if seed is None else int(seed), rank=0, world_size=1,
     )
@@ -124,14 +151,14 @@ class FetchingSplitter(DataSplitter):
     :class:`~scvi.dataloaders.DataSplitter`'s.
     """
 
-    def __init__(self, adata_manager, *args, loader: str = "fetch", fetch_factor: int = DEFAULT_FETCH_FACTOR,
+    def __init__(self, adata_manager, *args, loader: str = "fetch", fetch_factor: int | str = DEFAULT_FETCH_FACTOR,
                  block_size: int = DEFAULT_BLOCK_SIZE, **kwargs):
         super().__init__(adata_manager, *args, **kwargs)
         # under DDP scDataset deals whole fetches round-robin, so two processes can get unequal
         # numbers of minibatches and the one with more waits forever in its gradient all-reduce:
         # scvi-tools' distributed sampler pads every process to the same count
         self.fetching = uses_fetching(loader) and not self.data_loader_kwargs.get("distributed_sampler")
-        self.fetch_options = {"fetch_factor": int(fetch_factor), "block_size": int(block_size),
+        self.fetch_options = {"fetch_factor": fetch_factor, "block_size": int(block_size),
                               "pin_memory": self.pin_memory,
                               "batch_size": int(self.data_loader_kwargs.get("batch_size") or settings.batch_size)}
 
