@@ -111,8 +111,11 @@ def evaluation_layout(cells, control_label: str, settings: dict, *, counts: bool
 
 
 def _counts(data, rows: np.ndarray):
+    """The counts of ``rows`` (any order, repeats allowed), each stored row read once in row order
+    (as a backed file needs)."""
     counts = data.adata.layers[data.layer] if data.layer is not None else data.adata.X
-    return sp.csr_matrix(counts[np.sort(rows)], dtype=np.float32)[np.argsort(np.argsort(rows))]
+    unique, inverse = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)
+    return sp.csr_matrix(counts[unique], dtype=np.float32)[inverse]
 
 
 def _cells(data, rows_by_target: dict[str, np.ndarray], settings: dict):

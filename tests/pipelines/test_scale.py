@@ -166,3 +166,20 @@ def test_two_process_evaluate_matches_one(screen, tmp_path):
     split_a = pd.read_csv(tmp_path / "ddp" / "split.csv", index_col=0)["part"]
     split_b = pd.read_csv(tmp_path / "single" / "split.csv", index_col=0)["part"]
     assert split_a.replace("validation", "train").equals(split_b.replace("validation", "train"))
+
+
+def test_backed_evaluate_predict_matches_in_memory(screen, tmp_path):
+    from scperturb_vae.pipelines.evaluate import EvaluateSettings, evaluate
+
+    tables = {}
+    for backed in (False, True):
+        out = tmp_path / f"ev_{backed}"
+        evaluate(EvaluateSettings(out=str(out), adata=str(screen), models=["svae+"], holdout_perturbations=["P001"],
+                                  n_latent=3, max_epochs=5, n_importance=10, fewshot=[0, "all"], adapt_steps=50,
+                                  heldin_cells=20, predict=True, predict_cells=15, backed=backed),
+                 progress_bar=False)
+        tables[backed] = pd.read_csv(out / "predict" / "metrics.csv")
+    # the same minibatches, the same control samples (read once each from the file), the same scores
+    cols = ["ate_pearson", "ate_pearson_top20", "ate_mse"]
+    np.testing.assert_allclose(tables[True][cols].to_numpy(float), tables[False][cols].to_numpy(float),
+                               rtol=1e-4, atol=1e-6, equal_nan=True)
