@@ -127,7 +127,7 @@ def run_demo(out: Path, *, quick: bool = False, max_epochs: int | None = None, s
           f"effect but no edge, {gv['edge without effect']} an edge but no effect; {gv['n_pairs_sharing_a_latent']} "
           f"of {gv['n_correlated_pairs']} strongly correlated pairs share a latent")
     print(f"outputs ({time.perf_counter() - start:.0f} s): {out.resolve()}/")
-    for name in ("sim.h5ad", "evaluation/ (nll.csv, nll.png, fewshot.png, runs/svae_plus, runs/vae)",
+    for name in ("sim.h5ad", "evaluation/ (nll.csv, nll.png, fewshot.png, predict/, runs/svae_plus, runs/vae)",
                  "programs.h5ad, programs.gmt, runs/programs_svae_plus/",
                  "interpretation/ (summary.md, enrichment.csv, gene_effects.csv, graph_vs_data.csv, plots)"):
         print(f"  {name}")
