@@ -114,7 +114,7 @@ def _fetch(rows: FetchedRows, indices) -> dict:
 
 def fetching_loader(adata_manager, indices, *, batch_size: int, shuffle: bool, seed: int | None,
                     fetch_factor: int | str = DEFAULT_FETCH_FACTOR, block_size: int = DEFAULT_BLOCK_SIZE,
-                    drop_last: bool = False, pin_memory: bool = False):
+                    pin_memory: bool = False):
     """A DataLoader of ``indices``' minibatches (tensor dicts, as scvi-tools' loader), read by scDataset.
 
     ``shuffle``: a new random order each epoch (blocks of ``block_size`` rows), else the cells
@@ -137,7 +137,7 @@ def fetching_loader(adata_manager, indices, *, batch_size: int, shuffle: bool, s
         fetch_factor = rows.fetch_factor(int(batch_size))
     dataset = scDataset(
         rows, strategy, batch_size=int(batch_size), fetch_factor=int(fetch_factor),
-        drop_last=drop_last, fetch_callback=_fetch, batch_callback=minibatch_tensors,
+        drop_last=False, fetch_callback=_fetch, batch_callback=minibatch_tensors,
         seed=0 if seed is None else int(seed), rank=0, world_size=1,
     )
     return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=0, pin_memory=pin_memory)
