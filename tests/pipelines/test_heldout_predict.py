@@ -25,7 +25,7 @@ def predicted(tmp_path_factory):
     info = sim.uns["simulation"]
     singles, combos = list(info["heldout_perturbations"]), list(info["combinations"])
     settings = EvaluateSettings(out=str(tmp / "ev"), adata=str(tmp / "screen.h5ad"), models=["svae+", "vae"],
-                                holdout_perturbations=singles + combos, n_latent=4, max_epochs=60, n_importance=10,
+                                holdout_perturbations=singles + combos, n_latent=4, max_epochs=40, n_importance=10,
                                 fewshot=[0, 10, "all"], adapt_steps=200, heldin_cells=50, predict=True,
                                 predict_cells=250)
     result = evaluate(settings, progress_bar=False)
