@@ -198,9 +198,14 @@ def _linear(delta: np.ndarray, train_effects: np.ndarray, noise: np.ndarray, k: 
     return (coords * var / (var + noise_var)) @ vt
 
 
-def _effects(data, rows_by_label: dict[str, np.ndarray], reference: np.ndarray) -> np.ndarray:
-    """Mean log1p-normalised expression of each label's rows minus that of ``reference`` (labels x genes)."""
-    ref = _mean(_cells(data, {"reference": reference}, {}).X)
+def _means_by_target(cells) -> dict[str, np.ndarray]:
+    """Mean ``X`` (log1p-normalised) of each target of a cell-eval layout AnnData."""
+    target = cells.obs["target"].astype(str).to_numpy()
+    return {t: _mean(cells.X[target == t]) for t in pd.unique(target)}
+
+
+def _effects(data, rows_by_label: dict[str, np.ndarray], ref: np.ndarray) -> np.ndarray:
+    """Mean log1p-normalised expression of each label's rows (read one label at a time) minus ``ref``."""
     if not rows_by_label:
         return np.zeros((0, len(ref)))
     return np.stack([_mean(_cells(data, {lab: rows}, {}).X) - ref for lab, rows in rows_by_label.items()])
@@ -224,9 +229,10 @@ def baseline_predictions(data, split: pd.Series, controls: ControlSamples, adapt
     out[("training_mean", 0)] = _cells(data, {ctrl: basis, **{t: np.sort(pool) for t in targets}},
                                        {"kind": "training_mean"})
     basis_x = _cells(data, {ctrl: basis}, {}).X
+    ref = _mean(basis_x)
     basis_x = basis_x.toarray() if sp.issparse(basis_x) else np.asarray(basis_x)
     train_labels = sorted(set(labels[trained]))
-    effects = _effects(data, {lab: np.flatnonzero(training & (labels == lab)) for lab in train_labels}, basis)
+    effects = _effects(data, {lab: np.flatnonzero(training & (labels == lab)) for lab in train_labels}, ref)
     if any(COMBINATION_SEP in t for t in targets):  # control + the training effects of the parts
         effect_of = dict(zip(train_labels, effects))
         zero = np.zeros(basis_x.shape[1])
@@ -238,9 +244,9 @@ def baseline_predictions(data, split: pd.Series, controls: ControlSamples, adapt
         if k == 0:
             continue
         by_target = {t: rows[labels[rows] == t] for t in targets}
-        out[("kcell_mean", k)] = _cells(data, {ctrl: basis, **by_target}, {"kind": "kcell_mean", "k": str(k)})
-        observed = _effects(data, by_target, basis)
-        deltas = {t: _linear(d, effects, noise, len(by_target[t])) for t, d in zip(targets, observed)}
+        kcell = out[("kcell_mean", k)] = _cells(data, {ctrl: basis, **by_target}, {"kind": "kcell_mean", "k": str(k)})
+        observed = _means_by_target(kcell)
+        deltas = {t: _linear(observed[t] - ref, effects, noise, len(by_target[t])) for t in targets}
         out[("linear", k)] = _shifted(basis_x, ctrl, deltas, data, {"kind": "linear", "k": str(k)})
     return out
 
@@ -288,11 +294,7 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 def delta_scores(real, pred, control: str, top: dict[str, np.ndarray]) -> pd.DataFrame:
     """Per perturbation: ``ate_pearson``, ``ate_pearson_top20``, ``ate_mse`` (module docstring)."""
-    def means(adata):
-        target = adata.obs["target"].astype(str).to_numpy()
-        return {t: _mean(adata.X[target == t]) for t in pd.unique(target)}
-
-    real_m, pred_m = means(real), means(pred)
+    real_m, pred_m = _means_by_target(real), _means_by_target(pred)
     rows = []
     for t, genes in top.items():
         if t not in pred_m:
@@ -405,10 +407,9 @@ def predict(adata, model, perturbations, *, n_cells: int = 1000, seed: int = 0, 
     ate.columns = pd.Index([str(c) for c in result.ate.index], name=None)
     adata.varm[key + ATE_SUFFIX] = ate
     entry = dict(adata.uns[key]) if isinstance(adata.uns.get(key), Mapping) else {}
-    entry["prediction"] = writable({"targets": list(ate.columns), "n_cells": len(result.control_cells),
-                                    "seed": int(seed)})
+    settings = {"targets": list(ate.columns), "n_cells": len(result.control_cells), "seed": int(seed)}
+    entry["prediction"] = writable(settings)
     adata.uns[key] = entry
-    settings = {"targets": list(ate.columns), "n_cells": len(result.control_cells), "seed": int(seed),
-                "estimator": "control cells moved by the prior's transport to p(z | a), decoded, coupled counts"}
-    cells = evaluation_layout(result.cells, trained.control_label, settings)
+    estimator = "control cells moved by the prior's transport to p(z | a), decoded, coupled counts"
+    cells = evaluation_layout(result.cells, trained.control_label, {**settings, "estimator": estimator})
     return (adata, cells) if copy else cells
